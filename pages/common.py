@@ -1,0 +1,79 @@
+"""What every page shares: the app state, the user's role, and safe rendering of model text.
+
+Roles are checked on the server in every state-changing handler (a hidden button still
+answers HTTP). Model output is untrusted: it is escaped before any HTML component.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, TypeVar
+
+import gradio as gr
+
+from teachlab.errors import PermissionDenied, TeachlabError
+from teachlab.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class AppState:
+    """Built once per app; pages read it, never mutate it per user."""
+
+    settings: Settings
+    users: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (password, role)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.users)
+
+    def role(self, request: gr.Request | None) -> str:
+        """admin or annotator; without login configured every visitor is admin."""
+        if not self.auth_enabled:
+            return "admin"
+        name = getattr(request, "username", None) if request is not None else None
+        if not name or name not in self.users:
+            raise PermissionDenied("You are not logged in; log in and try again.")
+        return self.users[name][1]
+
+    def user(self, request: gr.Request | None) -> str:
+        if not self.auth_enabled:
+            return "local"
+        name = getattr(request, "username", None) if request is not None else None
+        if not name:
+            raise PermissionDenied("You are not logged in; log in and try again.")
+        return str(name)
+
+    def require_admin(self, request: gr.Request | None) -> str:
+        if self.role(request) != "admin":
+            raise PermissionDenied(
+                "Annotators can review pairs only; ask a study admin to do this."
+            )
+        return self.user(request)
+
+
+def ui_errors(fn: F) -> F:
+    """Turn TeachLab errors into a readable gr.Error at the page boundary."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TeachlabError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def esc(text: object) -> str:
+    """HTML-escape untrusted text (model output, annotator notes, task data)."""
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def pre(text: object) -> str:
+    """Untrusted text shown verbatim inside an HTML component."""
+    return f"<pre class='tl-pre'>{esc(text)}</pre>"

@@ -1,0 +1,182 @@
+"""The work queue: huey on its own SQLite file carries run ids to the worker.
+
+The queue is only a carrier. huey's SQLite storage is at-most-once (a task is removed before
+it runs), so the worker re-enqueues what the database says is unfinished at start-up and
+every minute. Each run executes in a child process started with a list-form Popen of the
+project's own CLI, in the worker's process group, which the app stops as a whole: no orphans.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from huey import SqliteHuey, crontab
+from sqlmodel import col, select
+
+from teachlab.db import Run, init_db, read_session
+from teachlab.jobs import runs
+from teachlab.settings import get_settings
+
+log = logging.getLogger("teachlab.jobs")
+CHILD_POLL_S = 1.0
+CANCEL_GRACE_S = 20.0
+
+
+@lru_cache(maxsize=4)
+def _huey_for(path: str) -> SqliteHuey:
+    huey = SqliteHuey(name="teachlab", filename=path, results=False, utc=True)
+    huey.task(name="run")(_run_task)
+    huey.periodic_task(crontab(minute="*"), name="reap")(_reap_task)
+    return huey
+
+
+def get_huey() -> SqliteHuey:
+    settings = get_settings()
+    settings.storage.mkdir(parents=True, exist_ok=True)
+    return _huey_for(str((settings.storage / "queue.db").resolve()))
+
+
+def enqueue(run_id: int) -> None:
+    huey = get_huey()
+    huey.enqueue(huey._registry.string_to_task("run").s(run_id))  # type: ignore[attr-defined]
+
+
+def submit(study_id: int, kind: str, **kw: object) -> Run:
+    """Record a run, then hand it to the queue (the record comes first: see module docs)."""
+    run = runs.create_run(study_id, kind, **kw)  # type: ignore[arg-type]
+    enqueue(run.id)  # type: ignore[arg-type]
+    return run
+
+
+def _child_command(run_id: int) -> list[str]:
+    return [sys.executable, "-m", "teachlab", "run", "exec", str(run_id)]
+
+
+def _run_task(run_id: int) -> None:
+    """Execute a run in a child process and watch it; runs inside the worker."""
+    settings = get_settings()
+    child_log = settings.runs_dir / f"run-{run_id:05d}" / "stdout.txt"
+    child_log.parent.mkdir(parents=True, exist_ok=True)
+    with child_log.open("ab") as out:
+        proc = subprocess.Popen(
+            _child_command(run_id),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # Same process group as the worker: stopping the worker's group stops its runs.
+            env={**os.environ, "TEACHLAB_STORAGE": str(settings.storage)},
+        )
+        cancel_seen: float | None = None
+        while proc.poll() is None:
+            time.sleep(CHILD_POLL_S)
+            try:
+                run = runs.get_run(run_id)
+            except Exception:
+                continue
+            if run.cancel_requested and cancel_seen is None:
+                cancel_seen = time.monotonic()
+            if cancel_seen and time.monotonic() - cancel_seen > CANCEL_GRACE_S:
+                # The stage did not stop at a check point in time: stop its process group.
+                _stop(proc)
+                runs.finish(run_id, "cancelled", error=None)
+    run = runs.get_run(run_id)
+    if run.status == "running":
+        # The child died without recording an end (killed, out of memory): resume it.
+        runs.finish(run_id, "interrupted", error=f"process exited with code {proc.returncode}")
+        if run.attempts < runs.MAX_ATTEMPTS and not run.cancel_requested:
+            enqueue(run_id)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def recover() -> list[int]:
+    """Re-enqueue what the database says is unfinished but the queue has lost."""
+    requeue = runs.reap()
+    pending: set[int] = set()
+    for task in get_huey().pending():
+        if task.args:
+            pending.add(int(task.args[0]))
+    with read_session() as session:
+        queued = session.exec(
+            select(Run.id).where(
+                col(Run.status).in_(("queued", "interrupted")),
+                col(Run.parent_id).is_(None),
+                col(Run.cancel_requested).is_(False),
+            )
+        ).all()
+    todo = sorted({*requeue, *(int(r) for r in queued if r is not None)} - pending)
+    for run_id in todo:
+        enqueue(run_id)
+    return todo
+
+
+def _reap_task() -> None:
+    recover()
+
+
+def run_worker() -> None:
+    """The worker process: recover lost runs, then consume the queue (one run at a time)."""
+    init_db()
+    recovered = recover()
+    if recovered:
+        log.info("re-queued runs %s", recovered)
+    consumer = get_huey().create_consumer(workers=1, worker_type="thread", periodic=True)
+    consumer.run()
+
+
+class WorkerProcess:
+    """The worker as a child of the app (`teachlab serve`): started and stopped with it."""
+
+    def __init__(self, storage: Path):
+        self.storage = storage
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self.proc and self.proc.poll() is None:
+                return
+            log_path = self.storage / "worker.log"
+            self.storage.mkdir(parents=True, exist_ok=True)
+            out = log_path.open("ab")
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "teachlab", "worker"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "TEACHLAB_STORAGE": str(self.storage)},
+            )
+
+    def alive(self) -> bool:
+        return bool(self.proc and self.proc.poll() is None)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self.proc and self.proc.poll() is None:
+                _kill_group(self.proc)
+            self.proc = None

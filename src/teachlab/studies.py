@@ -1,0 +1,216 @@
+"""Studies: create (validating task, models and settings first), list, show, duplicate, demo.
+
+A study fixes its task splits at creation (seed examples, probe set, test set), so every
+round, run and export of the study sees the same items.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import col, func, select
+
+from teachlab.config import BACKENDS, StudyConfig
+from teachlab.db import Draft, Pair, Round, Run, Study, init_db, read_session, write_session
+from teachlab.errors import ConfigError, NotFoundError
+from teachlab.models import parse_ref
+from teachlab.settings import get_settings
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+DEMO_NAME = "demo"
+# A task where the bundled student is above chance (date_understanding: 6 options).
+DEMO_TASK = "bigbench:date_understanding"
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    id: int
+    name: str
+    task_ref: str
+    teacher: str
+    student: str
+    rounds: int
+    drafts: int
+    pairs: int
+    last_run: str
+    created: str
+
+
+def _check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not NAME_RE.match(name):
+        raise ConfigError(
+            f"Study name {name!r} is not valid; use 1-64 letters, digits, spaces, '_', '-' or '.', "
+            "starting with a letter or digit."
+        )
+    return name
+
+
+def create_study(
+    name: str,
+    task_ref: str,
+    *,
+    teacher: str | None = None,
+    student: str | None = None,
+    backend: str = "transformers",
+    seed: int = 0,
+    config: dict[str, Any] | StudyConfig | None = None,
+    description: str = "",
+    guidelines: str = "",
+    db_path: Path | None = None,
+) -> Study:
+    """Validate everything, then store the study with its splits and its first round."""
+    from teachlab.tasks import make_splits, resolve_task
+
+    settings = get_settings()
+    name = _check_name(name)
+    teacher = (teacher or settings.teacher).strip()
+    student = (student or settings.student).strip()
+    parse_ref(teacher)
+    parse_ref(student)
+    if backend not in BACKENDS:
+        raise ConfigError(f"Backend {backend!r} is not known; choose one of {', '.join(BACKENDS)}.")
+    cfg = config if isinstance(config, StudyConfig) else StudyConfig.from_dict(config)
+    cfg.validate()
+    task = resolve_task(task_ref)
+    splits = make_splits(task, n_seed=cfg.n_seed, n_probe=cfg.n_probe, n_test=cfg.n_test, seed=seed)
+    init_db(db_path)
+    with write_session(db_path) as session:
+        if session.exec(select(Study).where(Study.name == name)).first() is not None:
+            raise ConfigError(f"A study named {name!r} exists already; choose another name.")
+        study = Study(
+            name=name,
+            description=description or task.description[:500],
+            task_ref=task_ref,
+            teacher=teacher,
+            student=student,
+            backend=backend,
+            seed=seed,
+            config=cfg.to_dict(),
+            splits={
+                "seed": list(splits.seed),
+                "probe": list(splits.probe),
+                "test": list(splits.test),
+                "task_fingerprint": task.fingerprint(),
+                "n_examples": len(task.examples),
+            },
+            guidelines=guidelines,
+        )
+        session.add(study)
+        session.flush()
+        session.add(Round(study_id=study.id, index=0, teacher=teacher, student=student))  # type: ignore[arg-type]
+        return study
+
+
+def get_study(ref: int | str, db_path: Path | None = None) -> Study:
+    """A study by id or name."""
+    init_db(db_path)
+    with read_session(db_path) as session:
+        if isinstance(ref, int) or str(ref).isdigit():
+            study = session.get(Study, int(ref))
+        else:
+            study = session.exec(select(Study).where(Study.name == str(ref))).first()
+    if study is None:
+        raise NotFoundError(f"No study {ref!r}; list studies with `teachlab study list`.")
+    return study
+
+
+def current_round(study_id: int, db_path: Path | None = None) -> Round:
+    with read_session(db_path) as session:
+        rnd = session.exec(
+            select(Round).where(Round.study_id == study_id).order_by(col(Round.index).desc())
+        ).first()
+    if rnd is None:
+        raise NotFoundError(f"Study #{study_id} has no round.")
+    return rnd
+
+
+def rounds(study_id: int, db_path: Path | None = None) -> list[Round]:
+    with read_session(db_path) as session:
+        return list(
+            session.exec(select(Round).where(Round.study_id == study_id).order_by(col(Round.index)))
+        )
+
+
+def list_studies(db_path: Path | None = None) -> list[StudySummary]:
+    init_db(db_path)
+    with read_session(db_path) as session:
+        studies = session.exec(select(Study).order_by(col(Study.id))).all()
+        out = []
+        for s in studies:
+            round_ids = [r.id for r in session.exec(select(Round).where(Round.study_id == s.id))]
+            n_drafts = session.exec(
+                select(func.count()).select_from(Draft).where(col(Draft.round_id).in_(round_ids))
+            ).one()
+            n_pairs = session.exec(
+                select(func.count()).select_from(Pair).where(col(Pair.round_id).in_(round_ids))
+            ).one()
+            last = session.exec(
+                select(Run).where(Run.study_id == s.id).order_by(col(Run.id).desc())
+            ).first()
+            out.append(
+                StudySummary(
+                    id=s.id,  # type: ignore[arg-type]
+                    name=s.name,
+                    task_ref=s.task_ref,
+                    teacher=s.teacher,
+                    student=s.student,
+                    rounds=len(round_ids),
+                    drafts=int(n_drafts),
+                    pairs=int(n_pairs),
+                    last_run=f"#{last.id} {last.kind} {last.status}" if last else "",
+                    created=s.created_at.strftime("%Y-%m-%d %H:%M"),
+                )
+            )
+    return out
+
+
+def duplicate_study(ref: int | str, new_name: str, db_path: Path | None = None) -> Study:
+    """A new study with the same task, models, settings and seed (no drafts or runs)."""
+    src = get_study(ref, db_path)
+    return create_study(
+        new_name,
+        src.task_ref,
+        teacher=src.teacher,
+        student=src.student,
+        backend=src.backend,
+        seed=src.seed,
+        config=src.config,
+        description=src.description,
+        guidelines=src.guidelines,
+        db_path=db_path,
+    )
+
+
+def update_guidelines(ref: int | str, text: str, db_path: Path | None = None) -> None:
+    study = get_study(ref, db_path)
+    with write_session(db_path) as session:
+        row = session.get(Study, study.id)
+        assert row is not None
+        row.guidelines = text[:20000]
+        session.add(row)
+
+
+def ensure_demo_study(db_path: Path | None = None) -> Study | None:
+    """Create the demo study on first start (bundled models, a BIG-bench task) if none exist."""
+    from teachlab.tasks import list_bigbench
+
+    init_db(db_path)
+    with read_session(db_path) as session:
+        if session.exec(select(Study)).first() is not None:
+            return None
+    if DEMO_TASK.split(":", 1)[1] not in list_bigbench():
+        return None  # task data not fetched yet (`teachlab data fetch`)
+    return create_study(
+        DEMO_NAME,
+        DEMO_TASK,
+        seed=0,
+        description="Demo: the bundled Gemma 3 270M teaches the bundled SmolLM2-135M "
+        "date understanding (BIG-bench).",
+        guidelines="Prefer the draft whose question is well-formed, whose target is correct, and "
+        "whose rationale reaches the target by valid steps. When both are bad, reject the pair.",
+        db_path=db_path,
+    )

@@ -1,0 +1,49 @@
+"""Shared fixtures: every test gets its own storage folder (a real SQLite file in it).
+
+The de-quantised bundled models and the fetched BIG-bench data are shared read-only caches
+(the repository's storage/), so tests do not redo minute-long work.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MODELS = Path(os.environ.get("TEACHLAB_TEST_MODEL_CACHE", ROOT / "storage" / "models"))
+SHARED_DATA = Path(os.environ.get("TEACHLAB_TEST_DATA_CACHE", ROOT / "storage" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from teachlab.db import dispose_all
+    from teachlab.db.migrate import forget_init_cache
+    from teachlab.settings import get_settings
+
+    folder = tmp_path / "storage"
+    folder.mkdir()
+    for key in list(os.environ):
+        if key.startswith("TEACHLAB_") and not key.startswith("TEACHLAB_TEST_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("TEACHLAB_STORAGE", str(folder))
+    monkeypatch.setenv("TEACHLAB_MODEL_CACHE", str(SHARED_MODELS))
+    monkeypatch.setenv("TEACHLAB_DATA_CACHE", str(SHARED_DATA))
+    monkeypatch.setenv("TEACHLAB_OFFLINE", "1")
+    get_settings.cache_clear()
+    yield folder
+    dispose_all()
+    forget_init_cache()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def db_path(storage: Path) -> Path:
+    from teachlab.db import init_db
+
+    return init_db(storage / "teachlab.db")
+
+
+def bigbench_available(name: str = "date_understanding") -> bool:
+    return (SHARED_DATA / "bigbench" / name / "task.json").is_file()

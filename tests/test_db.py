@@ -1,0 +1,90 @@
+"""The study store: migrations from empty and from an older version, pragmas, one writer path."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlmodel import select
+
+from teachlab.db import Round, Study, init_db, read_session, write_session
+from teachlab.db.migrate import alembic_config, current_revision, head_revision
+
+
+def test_empty_database_migrates_to_head(storage: Path) -> None:
+    path = init_db(storage / "a.db")
+    assert current_revision(path) == head_revision()
+    tables = {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master where type='table'")}
+    for name in ("study", "round", "draft", "proberesult", "pair", "annotationevent", "run", "metric", "evaluation", "signalcheck"):
+        assert name in tables
+
+
+def test_migrations_match_the_models(storage: Path) -> None:
+    path = init_db(storage / "a.db")
+    # Raises when the SQLModel tables and the migration scripts disagree.
+    command.check(alembic_config(path))
+
+
+def test_older_database_upgrades_in_place_keeping_rows(storage: Path) -> None:
+    path = storage / "old.db"
+    init_db(path, revision="0001")
+    assert current_revision(path) == "0001"
+    with write_session(path) as session:
+        study = Study(name="kept", task_ref="bigbench:x", teacher="t", student="s", config={"n_probe": 4})
+        session.add(study)
+        session.flush()
+        session.add(Round(study_id=study.id, teacher="t", student="s"))
+    from teachlab.db.migrate import forget_init_cache
+
+    forget_init_cache()
+    init_db(path)
+    assert current_revision(path) == head_revision()
+    with read_session(path) as session:
+        kept = session.exec(select(Study)).one()
+    assert kept.name == "kept" and kept.config == {"n_probe": 4}
+    assert "signalcheck" in {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master")}
+
+
+def test_connections_use_wal_full_sync_and_foreign_keys(db_path: Path) -> None:
+    from teachlab.db import engine_for
+
+    with engine_for(db_path).connect() as conn:
+        assert conn.exec_driver_sql("pragma journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("pragma synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("pragma foreign_keys").scalar() == 1
+
+
+def test_foreign_keys_are_enforced(db_path: Path) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError), write_session(db_path) as session:
+        session.add(Round(study_id=999, teacher="t", student="s"))
+
+
+def test_many_threads_write_without_database_locked(db_path: Path) -> None:
+    """Read-then-write transactions from many threads: BEGIN IMMEDIATE makes them wait, not fail."""
+    with write_session(db_path) as session:
+        session.add(Study(name="c", task_ref="x", teacher="t", student="s", seed=0))
+    errors: list[BaseException] = []
+
+    def bump() -> None:
+        try:
+            for _ in range(20):
+                with write_session(db_path) as session:
+                    study = session.exec(select(Study)).one()
+                    study.seed += 1
+                    session.add(study)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with read_session(db_path) as session:
+        assert session.exec(select(Study)).one().seed == 160
