@@ -28,6 +28,16 @@ data_app = typer.Typer(help="Task data (BIG-bench, uploads).", no_args_is_help=T
 study_app = typer.Typer(help="Create, list and inspect studies.", no_args_is_help=True)
 round_app = typer.Typer(help="Run a whole teaching round.", no_args_is_help=True)
 run_app = typer.Typer(help="Runs (jobs): submit, watch, cancel, resume.", no_args_is_help=True)
+
+
+@app.callback()
+def _prepare() -> None:
+    """Every command sees an up-to-date study database (migrated in place when older)."""
+    from teachlab.db import init_db
+
+    init_db()
+
+
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(study_app, name="study")

@@ -17,6 +17,7 @@ import threading
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from huey import SqliteHuey, crontab
 from sqlmodel import col, select
@@ -31,22 +32,25 @@ CANCEL_GRACE_S = 20.0
 
 
 @lru_cache(maxsize=4)
-def _huey_for(path: str) -> SqliteHuey:
+def _huey_for(path: str) -> tuple[SqliteHuey, Any]:
     huey = SqliteHuey(name="teachlab", filename=path, results=False, utc=True)
-    huey.task(name="run")(_run_task)
+    run_task = huey.task(name="run")(_run_task)
     huey.periodic_task(crontab(minute="*"), name="reap")(_reap_task)
-    return huey
+    return huey, run_task
 
 
-def get_huey() -> SqliteHuey:
+def _queue() -> tuple[SqliteHuey, Any]:
     settings = get_settings()
     settings.storage.mkdir(parents=True, exist_ok=True)
     return _huey_for(str((settings.storage / "queue.db").resolve()))
 
 
+def get_huey() -> SqliteHuey:
+    return _queue()[0]
+
+
 def enqueue(run_id: int) -> None:
-    huey = get_huey()
-    huey.enqueue(huey._registry.string_to_task("run").s(run_id))  # type: ignore[attr-defined]
+    _queue()[1](run_id)
 
 
 def submit(study_id: int, kind: str, **kw: object) -> Run:
