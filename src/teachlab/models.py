@@ -246,7 +246,11 @@ def _hub_snapshot(ref: ModelRef, settings: Settings) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(ref.name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        return Path(
+            snapshot_download(
+                ref.name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]
+            )
+        )
     except Exception as exc:  # the hub client raises many types; all mean the same to a user
         raise ModelError(
             f"Model {ref.raw!r} is not in the local cache and the Hugging Face Hub is unreachable "
@@ -257,7 +261,6 @@ def _hub_snapshot(ref: ModelRef, settings: Settings) -> Path:
 
 def model_hash(ref_text: str, settings: Settings | None = None) -> str:
     """The sha256 of a model's weights (cached for bundled models)."""
-    ref = parse_ref(ref_text)
     folder = fetch(ref_text, settings)
     marker = folder / COMPLETE_MARKER
     if marker.is_file():
