@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import signal
 
 import gradio as gr
 
@@ -25,7 +26,9 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     init_db(settings.db_path)
     state = AppState(settings=settings, users=settings.users())
     with gr.Blocks(title="TeachLab") as app:
-        gr.Markdown("# TeachLab\nTeacher drafts · student scores · you review · DPO aligns · SFT distils")
+        gr.Markdown(
+            "# TeachLab\nTeacher drafts · student scores · you review · DPO aligns · SFT distils"
+        )
         if not settings.storage_is_persistent:
             gr.Markdown(
                 "> **Data is ephemeral here**: this Space has no persistent storage, so studies "
@@ -49,6 +52,10 @@ def auth_callback(settings: Settings):
     return check
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def launch(host: str | None = None, port: int | None = None, start_worker: bool = True) -> None:
     """Prepare storage, the demo study and the worker, then serve until interrupted."""
     from teachlab.jobs.queue import WorkerProcess
@@ -66,6 +73,8 @@ def launch(host: str | None = None, port: int | None = None, start_worker: bool 
     if start_worker:
         worker.start()
         atexit.register(worker.stop)
+        # SIGTERM (docker stop, a Space restart) ends the app like Ctrl-C, so the worker stops too.
+        signal.signal(signal.SIGTERM, _interrupt)
     app = build_app(settings)
     app.queue(default_concurrency_limit=8)
     try:

@@ -143,8 +143,27 @@ def _reap_task() -> None:
     recover()
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """A worker started by the app stops (with its runs) when the app is gone, however it ended."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                log.info("the app (pid %s) is gone; stopping the worker", parent_pid)
+                os.killpg(os.getpgrp(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def run_worker() -> None:
     """The worker process: recover lost runs, then consume the queue (one run at a time)."""
+    parent = os.environ.get("TEACHLAB_WORKER_PARENT")
+    if parent and parent.isdigit():
+        _exit_with_parent(int(parent))
     init_db()
     recovered = recover()
     if recovered:
@@ -173,7 +192,11 @@ class WorkerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "TEACHLAB_STORAGE": str(self.storage)},
+                env={
+                    **os.environ,
+                    "TEACHLAB_STORAGE": str(self.storage),
+                    "TEACHLAB_WORKER_PARENT": str(os.getpid()),
+                },
             )
 
     def alive(self) -> bool:
