@@ -93,7 +93,9 @@ def worker() -> None:
 
 @models_app.command("fetch")
 def models_fetch(
-    refs: Annotated[list[str] | None, typer.Argument(help="Model references (default: bundled).")] = None,
+    refs: Annotated[
+        list[str] | None, typer.Argument(help="Model references (default: bundled).")
+    ] = None,
 ) -> None:
     """De-quantise bundled models once and cache them (fast loads afterwards).
 
@@ -164,7 +166,9 @@ def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
         key, value = item.split("=", 1)
         key = key.strip()
         if key not in defaults:
-            raise ConfigError(f"--set {key}: unknown setting; known: {', '.join(sorted(defaults))}.")
+            raise ConfigError(
+                f"--set {key}: unknown setting; known: {', '.join(sorted(defaults))}."
+            )
         kind = type(defaults[key])
         if kind is bool:
             out[key] = value.lower() in ("1", "true", "yes", "on")
@@ -197,7 +201,12 @@ def study_create(
     from teachlab.studies import create_study
 
     study = create_study(
-        name, task, teacher=teacher, student=student, backend=backend, seed=seed,
+        name,
+        task,
+        teacher=teacher,
+        student=student,
+        backend=backend,
+        seed=seed,
         config=_parse_sets(set_),
     )
     typer.echo(f"Created study #{study.id} {study.name!r} on {study.task_ref}")
@@ -212,7 +221,22 @@ def study_list() -> None:
     from teachlab.studies import list_studies
 
     rows = [s.__dict__ for s in list_studies()]
-    typer.echo(_table(rows, ["id", "name", "task_ref", "teacher", "student", "rounds", "drafts", "pairs", "last_run"]))
+    typer.echo(
+        _table(
+            rows,
+            [
+                "id",
+                "name",
+                "task_ref",
+                "teacher",
+                "student",
+                "rounds",
+                "drafts",
+                "pairs",
+                "last_run",
+            ],
+        )
+    )
 
 
 @study_app.command("show")
@@ -225,12 +249,22 @@ def study_show(study: Annotated[str, typer.Argument(help="Study id or name.")]) 
 
     s = get_study(study)
     info = {
-        "id": s.id, "name": s.name, "task": s.task_ref, "teacher": s.teacher,
-        "student": s.student, "backend": s.backend, "seed": s.seed,
+        "id": s.id,
+        "name": s.name,
+        "task": s.task_ref,
+        "teacher": s.teacher,
+        "student": s.student,
+        "backend": s.backend,
+        "seed": s.seed,
         "splits": {k: (len(v) if isinstance(v, list) else v) for k, v in s.splits.items()},
         "config": s.config,
         "rounds": [
-            {"index": r.index, "teacher_adapter": r.teacher_adapter, "student_adapter": r.student_adapter, "status": r.status}
+            {
+                "index": r.index,
+                "teacher_adapter": r.teacher_adapter,
+                "student_adapter": r.student_adapter,
+                "status": r.status,
+            }
             for r in rounds(s.id)  # type: ignore[arg-type]
         ],
     }
@@ -245,7 +279,11 @@ def _run_foreground(study_ref: str, kind: str, config: dict[str, Any] | None = N
     study = get_study(study_ref)
     rnd = current_round(study.id)  # type: ignore[arg-type]
     run = runs.create_run(
-        study.id, kind, round_id=rnd.id, config=config or {}, seed=study.seed,  # type: ignore[arg-type]
+        study.id,
+        kind,
+        round_id=rnd.id,
+        config=config or {},
+        seed=study.seed,  # type: ignore[arg-type]
         requested_by="cli",
     )
     typer.echo(f"Run #{run.id}: {kind} on study {study.name!r}, round {rnd.index}", err=True)
@@ -267,7 +305,10 @@ def round_run(
 
 @run_app.command("stage")
 def run_stage(
-    kind: Annotated[str, typer.Argument(help="draft, score, pairs, align, regenerate, distill, evaluate, check.")],
+    kind: Annotated[
+        str,
+        typer.Argument(help="draft, score, pairs, align, regenerate, distill, evaluate, check."),
+    ],
     study: Annotated[str, typer.Option(help="Study id or name.")],
 ) -> None:
     """Run one stage of the current round in the foreground.
@@ -275,6 +316,27 @@ def run_stage(
     Example: teachlab run stage score --study demo
     """
     raise typer.Exit(_run_foreground(study, kind))
+
+
+@app.command()
+def check(
+    study: Annotated[str, typer.Option(help="Study id or name.")],
+) -> None:
+    """Signal check: is the student above chance, are draft scores reliable, does the label
+    explain the score? Run it before spending compute.
+
+    Example: teachlab check --study demo
+    """
+    from teachlab.check import latest_check
+    from teachlab.studies import current_round, get_study
+
+    code = _run_foreground(study, "check")
+    found = latest_check(current_round(get_study(study).id).id)  # type: ignore[arg-type]
+    if found is not None:
+        typer.echo(f"verdict: {found.level}")
+        for reason in found.reasons:
+            typer.echo(f"- {reason}")
+    raise typer.Exit(code)
 
 
 @run_app.command("list")
@@ -289,8 +351,12 @@ def run_list(study: Annotated[str | None, typer.Option(help="Study id or name.")
     study_id = get_study(study).id if study else None
     rows = [
         {
-            "id": r.id, "study": r.study_id, "kind": r.kind, "status": r.status,
-            "progress": f"{r.progress_done}/{r.progress_total}", "message": r.message[:50],
+            "id": r.id,
+            "study": r.study_id,
+            "kind": r.kind,
+            "status": r.status,
+            "progress": f"{r.progress_done}/{r.progress_total}",
+            "message": r.message[:50],
             "error": (r.error or "")[:60],
         }
         for r in runs.list_runs(study_id)
@@ -350,8 +416,8 @@ def demo(
 
     Example: teachlab demo
     """
-    from teachlab.studies import DEMO_TASK, create_study, get_study
     from teachlab.errors import NotFoundError
+    from teachlab.studies import DEMO_TASK, create_study, get_study
 
     try:
         study = get_study(name)

@@ -63,8 +63,12 @@ def probes_for(task: Task, indices: list[int]) -> list[Any]:
     from teachlab.score import Probe
 
     return [
-        Probe(index=i, input=task.examples[i].input, target=task.examples[i].target,
-              choices=tuple(task.examples[i].choices))
+        Probe(
+            index=i,
+            input=task.examples[i].input,
+            target=task.examples[i].target,
+            choices=tuple(task.examples[i].choices),
+        )
         for i in indices
     ]
 
@@ -124,25 +128,42 @@ def stage_score(ctx: RunContext, run: Run) -> dict[str, Any]:
     mode = cfg.scorer
     with read_session(ctx.db_path) as session:
         rationales = session.exec(
-            select(Draft).where(
-                Draft.round_id == rnd.id, Draft.kind == "rationale", Draft.phase == "draft",
+            select(Draft)
+            .where(
+                Draft.round_id == rnd.id,
+                Draft.kind == "rationale",
+                Draft.phase == "draft",
                 Draft.status == "ok",
-            ).order_by(col(Draft.id))
+            )
+            .order_by(col(Draft.id))
         ).all()
         questions = {
-            q.id: q for q in session.exec(
-                select(Draft).where(Draft.round_id == rnd.id, Draft.kind == "question", Draft.phase == "draft")
+            q.id: q
+            for q in session.exec(
+                select(Draft).where(
+                    Draft.round_id == rnd.id, Draft.kind == "question", Draft.phase == "draft"
+                )
             )
         }
-        done = set(session.exec(
-            select(ProbeResult.draft_id).where(ProbeResult.round_id == rnd.id, ProbeResult.mode == mode).distinct()
-        ).all())
+        done = set(
+            session.exec(
+                select(ProbeResult.draft_id)
+                .where(ProbeResult.round_id == rnd.id, ProbeResult.mode == mode)
+                .distinct()
+            ).all()
+        )
     todo = [d for d in rationales if d.id not in done]
     total = len(rationales) + 1
     ctx.progress(total - len(todo) - 1, total, f"loading student {rnd.student}")
     student = models.load(rnd.student, rnd.student_adapter)
-    runs.update_provenance(run.id, {"student_sha256": student.weights_sha256,  # type: ignore[arg-type]
-                                    "student_adapter_sha256": student.adapter_sha256}, ctx.db_path)
+    runs.update_provenance(
+        run.id,
+        {
+            "student_sha256": student.weights_sha256,  # type: ignore[arg-type]
+            "student_adapter_sha256": student.adapter_sha256,
+        },
+        ctx.db_path,
+    )
     scorer = Scorer(student.model, student.tokenizer, task.description, probes, mode=mode)
 
     if None not in done:  # the zero-shot baseline, once per round
@@ -152,15 +173,25 @@ def stage_score(ctx: RunContext, run: Run) -> dict[str, Any]:
         q = questions.get(d.parent_id)
         if q is None:
             continue
-        demo = Demo(question=q.input or "", answer=d.answer or q.target or "", rationale=d.rationale)
+        demo = Demo(
+            question=q.input or "", answer=d.answer or q.target or "", rationale=d.rationale
+        )
         outcomes = scorer.score([demo])
-        _store_outcomes(ctx.db_path, rnd.id, d.id, mode, outcomes, accuracy(outcomes), mean_margin(outcomes))  # type: ignore[arg-type]
-        ctx.progress(total - len(todo) + i, total, f"scored draft #{d.id}: {accuracy(outcomes):.2f}")
+        _store_outcomes(
+            ctx.db_path, rnd.id, d.id, mode, outcomes, accuracy(outcomes), mean_margin(outcomes)
+        )  # type: ignore[arg-type]
+        ctx.progress(
+            total - len(todo) + i, total, f"scored draft #{d.id}: {accuracy(outcomes):.2f}"
+        )
     # Question score = mean of its rationales' scores.
     with write_session(ctx.db_path) as session:
         scored = session.exec(
-            select(Draft).where(Draft.round_id == rnd.id, Draft.kind == "rationale",
-                                Draft.phase == "draft", col(Draft.score).is_not(None))
+            select(Draft).where(
+                Draft.round_id == rnd.id,
+                Draft.kind == "rationale",
+                Draft.phase == "draft",
+                col(Draft.score).is_not(None),
+            )
         ).all()
         by_q: dict[int, list[Draft]] = defaultdict(list)
         for d in scored:
@@ -177,15 +208,30 @@ def stage_score(ctx: RunContext, run: Run) -> dict[str, Any]:
     return {"scored": len(todo), "total": len(rationales), "baseline": baseline, "mode": mode}
 
 
-def _store_outcomes(db_path: Path | None, round_id: int, draft_id: int | None, mode: str,
-                    outcomes: list[Any], score: float | None = None, margin: float | None = None) -> None:
+def _store_outcomes(
+    db_path: Path | None,
+    round_id: int,
+    draft_id: int | None,
+    mode: str,
+    outcomes: list[Any],
+    score: float | None = None,
+    margin: float | None = None,
+) -> None:
     with write_session(db_path) as session:
         for o in outcomes:
-            session.add(ProbeResult(
-                draft_id=draft_id, round_id=round_id, probe_index=o.probe_index, mode=mode,
-                predicted=o.predicted, correct=o.correct, gold_logprob=o.gold_logprob,
-                margin=o.margin, output=getattr(o, "output", "") or "",
-            ))
+            session.add(
+                ProbeResult(
+                    draft_id=draft_id,
+                    round_id=round_id,
+                    probe_index=o.probe_index,
+                    mode=mode,
+                    predicted=o.predicted,
+                    correct=o.correct,
+                    gold_logprob=o.gold_logprob,
+                    margin=o.margin,
+                    output=getattr(o, "output", "") or "",
+                )
+            )
         if draft_id is not None:
             d = session.get(Draft, draft_id)
             if d is not None:
@@ -197,7 +243,8 @@ def baseline_accuracy(round_id: int, mode: str, db_path: Path | None) -> float |
     with read_session(db_path) as session:
         rows = session.exec(
             select(ProbeResult.correct).where(
-                ProbeResult.round_id == round_id, col(ProbeResult.draft_id).is_(None),
+                ProbeResult.round_id == round_id,
+                col(ProbeResult.draft_id).is_(None),
                 ProbeResult.mode == mode,
             )
         ).all()
@@ -210,16 +257,25 @@ def stage_pairs(ctx: RunContext, run: Run) -> dict[str, Any]:
     study, rnd, cfg = load_round(run, ctx.db_path)
     with read_session(ctx.db_path) as session:
         drafts = session.exec(
-            select(Draft).where(Draft.round_id == rnd.id, Draft.phase == "draft", Draft.status == "ok")
+            select(Draft).where(
+                Draft.round_id == rnd.id, Draft.phase == "draft", Draft.status == "ok"
+            )
         ).all()
     questions = {d.id: d for d in drafts if d.kind == "question"}
     candidates = []
     for d in drafts:
         if d.kind == "question":
-            candidates.append(pairs.Candidate(
-                draft_id=d.id, prompt=d.prompt, text=d.prefill_completion if hasattr(d, "prefill_completion") else d.raw_output,  # type: ignore[arg-type]
-                score=d.score, label=d.target, level="question", group=d.prompt,
-            ))
+            candidates.append(
+                pairs.Candidate(
+                    draft_id=d.id,
+                    prompt=d.prompt,
+                    text=d.prefill_completion if hasattr(d, "prefill_completion") else d.raw_output,  # type: ignore[arg-type]
+                    score=d.score,
+                    label=d.target,
+                    level="question",
+                    group=d.prompt,
+                )
+            )
         else:
             q = questions.get(d.parent_id)
             if q is None:
@@ -227,14 +283,25 @@ def stage_pairs(ctx: RunContext, run: Run) -> dict[str, Any]:
             from teachlab.prompts import plain_prompt_for
 
             erased = plain_prompt_for(study, rnd, q)
-            candidates.append(pairs.Candidate(
-                draft_id=d.id, prompt=erased, text=d.raw_output, score=d.score,  # type: ignore[arg-type]
-                label=d.answer, level="rationale", group=str(d.parent_id),
-            ))
+            candidates.append(
+                pairs.Candidate(
+                    draft_id=d.id,
+                    prompt=erased,
+                    text=d.raw_output,
+                    score=d.score,  # type: ignore[arg-type]
+                    label=d.answer,
+                    level="rationale",
+                    group=str(d.parent_id),
+                )
+            )
     mode = cfg.scorer
     specs = pairs.build_pairs(
-        candidates, cfg.pair_rule, quantile=cfg.quantile, min_margin=cfg.min_margin,
-        max_per_prompt=cfg.max_pairs_per_prompt, baseline=baseline_accuracy(rnd.id, mode, ctx.db_path),  # type: ignore[arg-type]
+        candidates,
+        cfg.pair_rule,
+        quantile=cfg.quantile,
+        min_margin=cfg.min_margin,
+        max_per_prompt=cfg.max_pairs_per_prompt,
+        baseline=baseline_accuracy(rnd.id, mode, ctx.db_path),  # type: ignore[arg-type]
         label_balanced=cfg.label_balanced,
     )
     stored = review.store_pairs(rnd.id, specs, db_path=ctx.db_path)  # type: ignore[arg-type]
@@ -255,12 +322,23 @@ def stage_align(ctx: RunContext, run: Run) -> dict[str, Any]:
         )
     data = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in chosen]
     result = train_dpo(
-        ctx, base_ref=rnd.teacher, adapter_in=rnd.teacher_adapter, pairs=data, config=cfg,
-        run_dir=ctx.run_dir, db_path=ctx.db_path, run_id=run.id,
+        ctx,
+        base_ref=rnd.teacher,
+        adapter_in=rnd.teacher_adapter,
+        pairs=data,
+        config=cfg,
+        run_dir=ctx.run_dir,
+        db_path=ctx.db_path,
+        run_id=run.id,
     )
     runs.update_provenance(run.id, {"adapter_sha256": result.adapter_sha256}, ctx.db_path)  # type: ignore[arg-type]
-    return {"adapter": str(result.output_dir), "adapter_sha256": result.adapter_sha256,
-            "pairs": len(data), "steps": result.global_step, "metrics": result.metrics}
+    return {
+        "adapter": str(result.output_dir),
+        "adapter_sha256": result.adapter_sha256,
+        "pairs": len(data),
+        "steps": result.global_step,
+        "metrics": result.metrics,
+    }
 
 
 def stage_distill(ctx: RunContext, run: Run) -> dict[str, Any]:
@@ -269,13 +347,23 @@ def stage_distill(ctx: RunContext, run: Run) -> dict[str, Any]:
     study, rnd, cfg = load_round(run, ctx.db_path)
     with read_session(ctx.db_path) as session:
         tailored = session.exec(
-            select(Draft).where(Draft.round_id == rnd.id, Draft.phase == "tailored",
-                                Draft.kind == "rationale", Draft.status == "ok")
+            select(Draft)
+            .where(
+                Draft.round_id == rnd.id,
+                Draft.phase == "tailored",
+                Draft.kind == "rationale",
+                Draft.status == "ok",
+            )
             .order_by(col(Draft.id))
         ).all()
-        parents = {d.id: d for d in session.exec(
-            select(Draft).where(Draft.round_id == rnd.id, Draft.phase == "tailored", Draft.kind == "question")
-        )}
+        parents = {
+            d.id: d
+            for d in session.exec(
+                select(Draft).where(
+                    Draft.round_id == rnd.id, Draft.phase == "tailored", Draft.kind == "question"
+                )
+            )
+        }
     from teachlab.score import student_prompt_text
 
     examples = []
@@ -283,17 +371,30 @@ def stage_distill(ctx: RunContext, run: Run) -> dict[str, Any]:
         q = parents.get(d.parent_id)
         if q is None or not q.input:
             continue
-        prompt, completion = student_prompt_text(study_task(study).description, q.input, d.rationale or "", d.answer or q.target or "")
+        prompt, completion = student_prompt_text(
+            study_task(study).description, q.input, d.rationale or "", d.answer or q.target or ""
+        )
         examples.append({"prompt": prompt, "completion": completion})
     if not examples:
         raise JobError("No tailored examples to distil on: run the regenerate stage first.")
     result = train_sft(
-        ctx, base_ref=rnd.student, adapter_in=rnd.student_adapter, examples=examples, config=cfg,
-        run_dir=ctx.run_dir, db_path=ctx.db_path, run_id=run.id,
+        ctx,
+        base_ref=rnd.student,
+        adapter_in=rnd.student_adapter,
+        examples=examples,
+        config=cfg,
+        run_dir=ctx.run_dir,
+        db_path=ctx.db_path,
+        run_id=run.id,
     )
     runs.update_provenance(run.id, {"adapter_sha256": result.adapter_sha256}, ctx.db_path)  # type: ignore[arg-type]
-    return {"adapter": str(result.output_dir), "adapter_sha256": result.adapter_sha256,
-            "examples": len(examples), "steps": result.global_step, "metrics": result.metrics}
+    return {
+        "adapter": str(result.output_dir),
+        "adapter_sha256": result.adapter_sha256,
+        "examples": len(examples),
+        "steps": result.global_step,
+        "metrics": result.metrics,
+    }
 
 
 def stage_evaluate(ctx: RunContext, run: Run) -> dict[str, Any]:
@@ -305,14 +406,19 @@ def stage_evaluate(ctx: RunContext, run: Run) -> dict[str, Any]:
     study, rnd, cfg = load_round(run, ctx.db_path)
     task = study_task(study)
     test = probes_for(task, list(study.splits["test"]))
-    demos = [Demo(question=task.examples[i].input, answer=task.examples[i].target)
-             for i in list(study.splits["seed"])[: cfg.eval_shots]]
+    demos = [
+        Demo(question=task.examples[i].input, answer=task.examples[i].target)
+        for i in list(study.splits["seed"])[: cfg.eval_shots]
+    ]
     distilled = latest_result(rnd.id, "distill", ctx.db_path)  # type: ignore[arg-type]
     variants = [("student-before", rnd.student_adapter)]
     if distilled:
         variants.append(("student-after", distilled["adapter"]))
     with read_session(ctx.db_path) as session:
-        done = {(e.model, e.shots) for e in session.exec(select(Evaluation).where(Evaluation.round_id == rnd.id))}
+        done = {
+            (e.model, e.shots)
+            for e in session.exec(select(Evaluation).where(Evaluation.round_id == rnd.id))
+        }
     out: dict[str, Any] = {}
     steps = [(name, adapter, shots) for name, adapter in variants for shots in (0, len(demos))]
     for i, (name, adapter, shots) in enumerate(steps, 1):
@@ -322,13 +428,26 @@ def stage_evaluate(ctx: RunContext, run: Run) -> dict[str, Any]:
         student = models.load(rnd.student, adapter)
         scorer = Scorer(student.model, student.tokenizer, task.description, test, mode="loglik")
         outcomes = scorer.score(demos[:shots])
-        acc, low, high = accuracy_ci([o.correct for o in outcomes], n_resamples=cfg.bootstrap, seed=study.seed)
+        acc, low, high = accuracy_ci(
+            [o.correct for o in outcomes], n_resamples=cfg.bootstrap, seed=study.seed
+        )
         with write_session(ctx.db_path) as session:
-            session.add(Evaluation(
-                round_id=rnd.id, run_id=run.id, model=name, model_ref=rnd.student,  # type: ignore[arg-type]
-                adapter_hash=student.adapter_sha256, split="test", shots=shots, mode="loglik",
-                accuracy=acc, n=len(outcomes), ci_low=low, ci_high=high,
-            ))
+            session.add(
+                Evaluation(
+                    round_id=rnd.id,
+                    run_id=run.id,
+                    model=name,
+                    model_ref=rnd.student,  # type: ignore[arg-type]
+                    adapter_hash=student.adapter_sha256,
+                    split="test",
+                    shots=shots,
+                    mode="loglik",
+                    accuracy=acc,
+                    n=len(outcomes),
+                    ci_low=low,
+                    ci_high=high,
+                )
+            )
         out[f"{name}@{shots}"] = acc
         ctx.progress(i, len(steps), f"{name} {shots}-shot: {acc:.3f} [{low:.3f}, {high:.3f}]")
     return out
@@ -343,7 +462,9 @@ def stage_round(ctx: RunContext, run: Run) -> dict[str, Any]:
         ctx.check_cancelled()
         with read_session(ctx.db_path) as session:
             child = session.exec(
-                select(Run).where(Run.parent_id == run.id, Run.kind == kind).order_by(col(Run.id).desc())
+                select(Run)
+                .where(Run.parent_id == run.id, Run.kind == kind)
+                .order_by(col(Run.id).desc())
             ).first()
         if child is not None and child.status == "succeeded":
             results[kind] = child.result
@@ -352,12 +473,20 @@ def stage_round(ctx: RunContext, run: Run) -> dict[str, Any]:
             if child is not None:
                 runs.prepare_resume(child.id, ctx.db_path)  # type: ignore[arg-type]
             else:
-                child = runs.create_run(run.study_id, kind, round_id=run.round_id, seed=run.seed,
-                                        parent_id=run.id, db_path=ctx.db_path)
+                child = runs.create_run(
+                    run.study_id,
+                    kind,
+                    round_id=run.round_id,
+                    seed=run.seed,
+                    parent_id=run.id,
+                    db_path=ctx.db_path,
+                )
         ctx.progress(i, len(ROUND_STAGES), f"stage {kind}")
         final = execute(child.id, ctx.db_path)  # type: ignore[arg-type]
         if final.status != "succeeded":
-            raise JobError(f"Stage {kind} (run #{final.id}) {final.status}: {final.error or ''}".strip())
+            raise JobError(
+                f"Stage {kind} (run #{final.id}) {final.status}: {final.error or ''}".strip()
+            )
         results[kind] = final.result
     next_round = advance_round(run, results, ctx.db_path)
     ctx.progress(len(ROUND_STAGES), len(ROUND_STAGES), f"round done; round {next_round} is ready")
@@ -375,16 +504,31 @@ def advance_round(run: Run, results: dict[str, Any], db_path: Path | None) -> in
             select(Round).where(Round.study_id == rnd.study_id, Round.index == rnd.index + 1)
         ).first()
         if existing is None:
-            session.add(Round(
-                study_id=rnd.study_id, index=rnd.index + 1, teacher=rnd.teacher,
-                teacher_adapter=(results.get("align") or {}).get("adapter", rnd.teacher_adapter),
-                student=rnd.student,
-                student_adapter=(results.get("distill") or {}).get("adapter", rnd.student_adapter),
-            ))
+            session.add(
+                Round(
+                    study_id=rnd.study_id,
+                    index=rnd.index + 1,
+                    teacher=rnd.teacher,
+                    teacher_adapter=(results.get("align") or {}).get(
+                        "adapter", rnd.teacher_adapter
+                    ),
+                    student=rnd.student,
+                    student_adapter=(results.get("distill") or {}).get(
+                        "adapter", rnd.student_adapter
+                    ),
+                )
+            )
         return rnd.index + 1
 
 
+def stage_check(ctx: RunContext, run: Run) -> dict[str, Any]:
+    from teachlab.check import stage_check as check
+
+    return check(ctx, run)
+
+
 STAGES = {
+    "check": stage_check,
     "draft": stage_draft,
     "score": stage_score,
     "pairs": stage_pairs,

@@ -13,6 +13,7 @@ from teachlab.db.tables import (
     ProbeResult,
     Round,
     Run,
+    SignalCheck,
     Study,
 )
 
@@ -25,6 +26,7 @@ __all__ = [
     "ProbeResult",
     "Round",
     "Run",
+    "SignalCheck",
     "Study",
     "dispose_all",
     "engine_for",
