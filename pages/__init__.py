@@ -8,6 +8,12 @@ import signal
 
 import gradio as gr
 
+from pages import drafts as drafts_page
+from pages import export as export_page
+from pages import progress as progress_page
+from pages import review as review_page
+from pages import runs as runs_page
+from pages import scores as scores_page
 from pages import studies as studies_page
 from pages.common import AppState
 from teachlab.db import init_db
@@ -37,6 +43,18 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         current_study = gr.State(None)
         with gr.Tab("Studies"):
             studies_page.build(state, current_study)
+        with gr.Tab("Drafts") as tab:
+            drafts_page.build(state, current_study, tab)
+        with gr.Tab("Scores") as tab:
+            scores_page.build(state, current_study, tab)
+        with gr.Tab("Review") as tab:
+            review_page.build(state, current_study, tab)
+        with gr.Tab("Runs") as tab:
+            runs_page.build(state, current_study, tab)
+        with gr.Tab("Progress") as tab:
+            progress_page.build(state, current_study, tab)
+        with gr.Tab("Export"):
+            export_page.build(state, current_study)
     return app
 
 

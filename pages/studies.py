@@ -14,7 +14,18 @@ from teachlab.config import BACKENDS, StudyConfig
 from teachlab.models import BUNDLED, BUNDLED_PREFIX
 from teachlab.tasks import list_bigbench
 
-STUDY_COLUMNS = ["id", "name", "task_ref", "teacher", "student", "rounds", "drafts", "pairs", "last_run", "created"]
+STUDY_COLUMNS = [
+    "id",
+    "name",
+    "task_ref",
+    "teacher",
+    "student",
+    "rounds",
+    "drafts",
+    "pairs",
+    "last_run",
+    "created",
+]
 BUNDLED_REFS = [BUNDLED_PREFIX + n for n in BUNDLED]
 
 
@@ -35,17 +46,30 @@ def _widget(f: Any) -> gr.components.Component:
     if isinstance(default, bool):
         return gr.Checkbox(value=default, label=label, info=info)
     if isinstance(default, int):
-        return gr.Number(value=default, precision=0, minimum=meta["min"], maximum=meta["max"], label=label, info=info)
+        return gr.Number(
+            value=default,
+            precision=0,
+            minimum=meta["min"],
+            maximum=meta["max"],
+            label=label,
+            info=info,
+        )
     if isinstance(default, float):
-        return gr.Number(value=default, minimum=meta["min"], maximum=meta["max"], label=label, info=info)
+        return gr.Number(
+            value=default, minimum=meta["min"], maximum=meta["max"], label=label, info=info
+        )
     if isinstance(default, tuple) or f.name == "strategies":
-        return gr.CheckboxGroup(["expert", "rules", "plain", "eliminate"], value=list(default), label=label, info=info)
+        return gr.CheckboxGroup(
+            ["expert", "rules", "plain", "eliminate"], value=list(default), label=label, info=info
+        )
     return gr.Textbox(value=str(default), label=label, info=info)
 
 
 def build(state: AppState, current_study: gr.State) -> None:
-    gr.Markdown("## Studies\nA study fixes a task, a teacher, a student and their settings. "
-                "Select one to work on it in the other pages.")
+    gr.Markdown(
+        "## Studies\nA study fixes a task, a teacher, a student and their settings. "
+        "Select one to work on it in the other pages."
+    )
     with gr.Row():
         pick = gr.Dropdown(study_choices(), label="Current study", scale=3, interactive=True)
         refresh = gr.Button("Refresh", scale=0)
@@ -56,13 +80,27 @@ def build(state: AppState, current_study: gr.State) -> None:
             name = gr.Textbox(label="Name", placeholder="dates-1")
             task = gr.Dropdown(
                 [f"bigbench:{t}" for t in list_bigbench()],
-                value=studies.DEMO_TASK, label="Task (BIG-bench)", allow_custom_value=True,
+                value=studies.DEMO_TASK,
+                label="Task (BIG-bench)",
+                allow_custom_value=True,
                 info="Or upload a JSONL/CSV file below.",
             )
-            upload = gr.File(label="Or upload a task (JSONL or CSV)", file_types=[".jsonl", ".csv"], type="filepath")
+            upload = gr.File(
+                label="Or upload a task (JSONL or CSV)",
+                file_types=[".jsonl", ".csv"],
+                type="filepath",
+            )
         with gr.Row():
-            teacher = gr.Dropdown(BUNDLED_REFS, value=state.settings.teacher, label="Teacher", allow_custom_value=True, info="bundled:…, a Hugging Face id or a local folder")
-            student = gr.Dropdown(BUNDLED_REFS, value=state.settings.student, label="Student", allow_custom_value=True)
+            teacher = gr.Dropdown(
+                BUNDLED_REFS,
+                value=state.settings.teacher,
+                label="Teacher",
+                allow_custom_value=True,
+                info="bundled:…, a Hugging Face id or a local folder",
+            )
+            student = gr.Dropdown(
+                BUNDLED_REFS, value=state.settings.student, label="Student", allow_custom_value=True
+            )
             backend = gr.Dropdown(list(BACKENDS), value="transformers", label="Backend")
             seed = gr.Number(value=0, precision=0, label="Seed")
         config_fields = [f for f in fields(StudyConfig)]
@@ -79,8 +117,17 @@ def build(state: AppState, current_study: gr.State) -> None:
         dup = gr.Button("Duplicate")
 
     @ui_errors
-    def do_create(request: gr.Request, name: str, task: str, upload: str | None, teacher: str,
-                  student: str, backend: str, seed: float, *values: Any) -> tuple[Any, ...]:
+    def do_create(
+        request: gr.Request,
+        name: str,
+        task: str,
+        upload: str | None,
+        teacher: str,
+        student: str,
+        backend: str,
+        seed: float,
+        *values: Any,
+    ) -> tuple[Any, ...]:
         state.require_admin(request)
         task_ref = task
         if upload:
@@ -95,8 +142,15 @@ def build(state: AppState, current_study: gr.State) -> None:
             if isinstance(f.default, int) and not isinstance(f.default, bool):
                 value = int(value)
             config[f.name] = value
-        study = studies.create_study(name, task_ref, teacher=teacher, student=student,
-                                     backend=backend, seed=int(seed or 0), config=config)
+        study = studies.create_study(
+            name,
+            task_ref,
+            teacher=teacher,
+            student=student,
+            backend=backend,
+            seed=int(seed or 0),
+            config=config,
+        )
         return (
             f"Created study **#{study.id} {study.name}** on `{study.task_ref}`.",
             studies_frame(),
@@ -104,8 +158,12 @@ def build(state: AppState, current_study: gr.State) -> None:
             study.id,
         )
 
-    create.click(do_create, [name, task, upload, teacher, student, backend, seed, *widgets],
-                 [created, table, pick, current_study], api_name="create_study")
+    create.click(
+        do_create,
+        [name, task, upload, teacher, student, backend, seed, *widgets],
+        [created, table, pick, current_study],
+        api_name="create_study",
+    )
 
     @ui_errors
     def do_duplicate(request: gr.Request, study_id: int | None, new_name: str) -> tuple[Any, ...]:
@@ -115,7 +173,12 @@ def build(state: AppState, current_study: gr.State) -> None:
         study = studies.duplicate_study(int(study_id), new_name)
         return studies_frame(), gr.Dropdown(choices=study_choices(), value=study.id), study.id
 
-    dup.click(do_duplicate, [current_study, dup_name], [table, pick, current_study], api_name="duplicate_study")
+    dup.click(
+        do_duplicate,
+        [current_study, dup_name],
+        [table, pick, current_study],
+        api_name="duplicate_study",
+    )
 
     def do_refresh(study_id: int | None) -> tuple[Any, ...]:
         return studies_frame(), gr.Dropdown(choices=study_choices(), value=study_id)

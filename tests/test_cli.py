@@ -15,7 +15,11 @@ def teachlab(*args: str, storage: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TEACHLAB_STORAGE": str(storage)}
     return subprocess.run(
         [sys.executable, "-m", "teachlab", *args],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
 
 
@@ -23,8 +27,11 @@ def teachlab(*args: str, storage: Path) -> subprocess.CompletedProcess[str]:
 def task_file(tmp_path: Path) -> Path:
     path = tmp_path / "capitals.jsonl"
     rows = [
-        {"input": f"What is the capital of country number {i}?", "target": f"City {i % 3}",
-         "choices": ["City 0", "City 1", "City 2"]}
+        {
+            "input": f"What is the capital of country number {i}?",
+            "target": f"City {i % 3}",
+            "choices": ["City 0", "City 1", "City 2"],
+        }
         for i in range(40)
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -36,14 +43,30 @@ def test_help_lists_every_command(storage: Path) -> None:
     assert out.returncode == 0
     for command in ("serve", "worker", "demo", "models", "data", "study", "round", "run"):
         assert command in out.stdout
-    for group, subs in {"models": ("fetch", "list"), "data": ("fetch", "list"), "study": ("create", "list", "show")}.items():
+    for group, subs in {
+        "models": ("fetch", "list"),
+        "data": ("fetch", "list"),
+        "study": ("create", "list", "show"),
+    }.items():
         sub = teachlab(group, "--help", storage=storage)
         assert sub.returncode == 0 and all(s in sub.stdout for s in subs)
 
 
 def test_study_create_list_show(storage: Path, task_file: Path) -> None:
-    created = teachlab("study", "create", "caps", "--task", f"file:{task_file}", "--seed", "3",
-                       "--set", "n_probe=8", "--set", "n_test=10", storage=storage)
+    created = teachlab(
+        "study",
+        "create",
+        "caps",
+        "--task",
+        f"file:{task_file}",
+        "--seed",
+        "3",
+        "--set",
+        "n_probe=8",
+        "--set",
+        "n_test=10",
+        storage=storage,
+    )
     assert created.returncode == 0, created.stderr
     assert "Created study #1 'caps'" in created.stdout
     listed = teachlab("study", "list", storage=storage)
@@ -60,13 +83,18 @@ def test_study_create_list_show(storage: Path, task_file: Path) -> None:
         (("study", "show", "nope"), "No study 'nope'"),
         (("study", "create", "x", "--task", "bigbench:no_such_task"), "teachlab data"),
         (("study", "create", "x", "--task", "file:/no/such.jsonl"), "/no/such.jsonl"),
-        (("study", "create", "x", "--task", "bigbench:x", "--teacher", "bundled:nope"), "Unknown bundled model"),
+        (
+            ("study", "create", "x", "--task", "bigbench:x", "--teacher", "bundled:nope"),
+            "Unknown bundled model",
+        ),
         (("study", "create", "x", "--task", "bigbench:x", "--set", "n_probe"), "key=value"),
         (("study", "create", "x", "--task", "bigbench:x", "--set", "scorer=magic"), "loglik"),
         (("run", "cancel", "42"), "Run #42 does not exist"),
     ],
 )
-def test_errors_are_one_clear_line_and_exit_1(storage: Path, args: tuple[str, ...], message: str) -> None:
+def test_errors_are_one_clear_line_and_exit_1(
+    storage: Path, args: tuple[str, ...], message: str
+) -> None:
     out = teachlab(*args, storage=storage)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
@@ -80,8 +108,15 @@ def test_usage_error_exits_2(storage: Path) -> None:
 
 
 def test_duplicate_name_is_refused_and_nothing_changes(storage: Path, task_file: Path) -> None:
-    assert teachlab("study", "create", "caps", "--task", f"file:{task_file}", storage=storage).returncode == 0
-    again = teachlab("study", "create", "caps", "--task", f"file:{task_file}", "--seed", "9", storage=storage)
+    assert (
+        teachlab(
+            "study", "create", "caps", "--task", f"file:{task_file}", storage=storage
+        ).returncode
+        == 0
+    )
+    again = teachlab(
+        "study", "create", "caps", "--task", f"file:{task_file}", "--seed", "9", storage=storage
+    )
     assert again.returncode == 1 and "exists already" in again.stderr
     shown = json.loads(teachlab("study", "show", "caps", storage=storage).stdout)
     assert shown["seed"] == 0

@@ -17,8 +17,22 @@ from teachlab.db.migrate import alembic_config, current_revision, head_revision
 def test_empty_database_migrates_to_head(storage: Path) -> None:
     path = init_db(storage / "a.db")
     assert current_revision(path) == head_revision()
-    tables = {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master where type='table'")}
-    for name in ("study", "round", "draft", "proberesult", "pair", "annotationevent", "run", "metric", "evaluation", "signalcheck"):
+    tables = {
+        r[0]
+        for r in sqlite3.connect(path).execute("select name from sqlite_master where type='table'")
+    }
+    for name in (
+        "study",
+        "round",
+        "draft",
+        "proberesult",
+        "pair",
+        "annotationevent",
+        "run",
+        "metric",
+        "evaluation",
+        "signalcheck",
+    ):
         assert name in tables
 
 
@@ -33,7 +47,9 @@ def test_older_database_upgrades_in_place_keeping_rows(storage: Path) -> None:
     init_db(path, revision="0001")
     assert current_revision(path) == "0001"
     with write_session(path) as session:
-        study = Study(name="kept", task_ref="bigbench:x", teacher="t", student="s", config={"n_probe": 4})
+        study = Study(
+            name="kept", task_ref="bigbench:x", teacher="t", student="s", config={"n_probe": 4}
+        )
         session.add(study)
         session.flush()
         session.add(Round(study_id=study.id, teacher="t", student="s"))
@@ -45,7 +61,9 @@ def test_older_database_upgrades_in_place_keeping_rows(storage: Path) -> None:
     with read_session(path) as session:
         kept = session.exec(select(Study)).one()
     assert kept.name == "kept" and kept.config == {"n_probe": 4}
-    assert "signalcheck" in {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master")}
+    assert "signalcheck" in {
+        r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master")
+    }
 
 
 def test_connections_use_wal_full_sync_and_foreign_keys(db_path: Path) -> None:

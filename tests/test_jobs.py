@@ -48,7 +48,9 @@ def test_unknown_stage_is_refused(study_id: int) -> None:
 def test_only_one_executor_claims_a_run(study_id: int) -> None:
     run = runs.create_run(study_id, "check")
     winners: list[object] = []
-    threads = [threading.Thread(target=lambda: winners.append(runs.claim(run.id))) for _ in range(6)]
+    threads = [
+        threading.Thread(target=lambda: winners.append(runs.claim(run.id))) for _ in range(6)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -57,7 +59,9 @@ def test_only_one_executor_claims_a_run(study_id: int) -> None:
     assert runs.get_run(run.id).attempts == 1
 
 
-def test_success_records_result_progress_and_provenance(study_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_success_records_result_progress_and_provenance(
+    study_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def stage(ctx: Any, run: Run) -> dict[str, Any]:
         for i in range(3):
             ctx.progress(i + 1, 3, f"item {i}")
@@ -80,17 +84,24 @@ def test_user_error_fails_with_its_message(study_id: int, monkeypatch: pytest.Mo
 
     patch_stage(monkeypatch, stage)
     final = execute(runs.create_run(study_id, "check").id)
-    assert final.status == "failed" and final.error == "The task file is empty; upload one with examples."
+    assert (
+        final.status == "failed"
+        and final.error == "The task file is empty; upload one with examples."
+    )
 
 
-def test_bug_fails_with_type_and_keeps_the_trace_in_the_log(study_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bug_fails_with_type_and_keeps_the_trace_in_the_log(
+    study_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     patch_stage(monkeypatch, lambda ctx, run: {}["missing"])
     final = execute(runs.create_run(study_id, "check").id)
     assert final.status == "failed" and final.error.startswith("KeyError")
     assert "Traceback" in Path(final.provenance["log"]).read_text()
 
 
-def test_cancel_stops_a_running_stage_at_its_next_check(study_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_stops_a_running_stage_at_its_next_check(
+    study_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[int] = []
 
     def stage(ctx: Any, run: Run) -> dict[str, Any]:
@@ -113,7 +124,9 @@ def test_cancel_of_a_queued_run_is_immediate(study_id: int) -> None:
         runs.request_cancel(run.id)
 
 
-def test_resume_requeues_a_stopped_run_and_refuses_finished_ones(study_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_requeues_a_stopped_run_and_refuses_finished_ones(
+    study_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
 
     def stage(ctx: Any, run: Run) -> dict[str, Any]:

@@ -78,6 +78,6 @@ def test_bundled_model_loads_from_cache_fast_and_generates(ref: str) -> None:
     ids = loaded.tokenizer("The capital of France is", return_tensors="pt")
     with torch.inference_mode():
         out = loaded.model.generate(**ids, max_new_tokens=4, do_sample=False)
-    text = loaded.tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+    text = loaded.tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
     assert text.strip(), "the de-quantised model produced nothing"
     assert not any(p.is_meta for p in loaded.model.parameters())

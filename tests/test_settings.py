@@ -14,7 +14,11 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_every_setting_is_documented_in_the_readme() -> None:
     text = README.read_text(encoding="utf-8")
-    missing = [f"TEACHLAB_{name.upper()}" for name in Settings.model_fields if f"TEACHLAB_{name.upper()}" not in text]
+    missing = [
+        f"TEACHLAB_{name.upper()}"
+        for name in Settings.model_fields
+        if f"TEACHLAB_{name.upper()}" not in text
+    ]
     assert missing == [], f"document these in README.md: {missing}"
 
 
@@ -28,7 +32,9 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert s.db_path == tmp_path / "s" / "teachlab.db"
 
 
-def test_storage_defaults_to_data_on_spaces(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_storage_defaults_to_data_on_spaces(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import teachlab.settings as settings_module
 
     monkeypatch.delenv("TEACHLAB_STORAGE")
@@ -46,7 +52,11 @@ def test_users_parse_and_bad_entries_fail_clearly(tmp_path: Path) -> None:
     users_file = tmp_path / "users.txt"
     users_file.write_text("# comment\ncarol:pw3:annotator\n")
     s = Settings(auth="alice:pw1:admin,bob:pw2:annotator", users_file=users_file)
-    assert s.users() == {"alice": ("pw1", "admin"), "bob": ("pw2", "annotator"), "carol": ("pw3", "annotator")}
+    assert s.users() == {
+        "alice": ("pw1", "admin"),
+        "bob": ("pw2", "annotator"),
+        "carol": ("pw3", "annotator"),
+    }
     with pytest.raises(ConfigError, match="user:password:role"):
         Settings(auth="justaname").users()
     with pytest.raises(ConfigError, match="admin or annotator"):

@@ -29,11 +29,22 @@ class StudyConfig:
     n_seed: int = _f(3, "Seed questions shown to the teacher (paper: 3).", min=1, max=8)
     n_probe: int = _f(16, "Probe items the student is scored on (paper: 40).", min=2, max=500)
     n_test: int = _f(40, "Held-out test items for evaluation.", min=2, max=5000)
-    n_tailored: int = _f(8, "Tailored examples regenerated for distillation (paper: 6,750).", min=1, max=100000)
-    questions_per_call: int = _f(5, "Questions asked for per teacher call (paper: 5).", min=1, max=10)
+    n_tailored: int = _f(
+        8, "Tailored examples regenerated for distillation (paper: 6,750).", min=1, max=100000
+    )
+    questions_per_call: int = _f(
+        5, "Questions asked for per teacher call (paper: 5).", min=1, max=10
+    )
     # generation
-    question_temperature: float = _f(0.7, "Sampling temperature for questions (paper: 1.0; 0.7 parses better on tiny teachers).", min=0.0, max=2.0)
-    rationale_temperature: float = _f(0.7, "Sampling temperature for draft rationales.", min=0.0, max=2.0)
+    question_temperature: float = _f(
+        0.7,
+        "Sampling temperature for questions (paper: 1.0; 0.7 parses better on tiny teachers).",
+        min=0.0,
+        max=2.0,
+    )
+    rationale_temperature: float = _f(
+        0.7, "Sampling temperature for draft rationales.", min=0.0, max=2.0
+    )
     max_new_tokens: int = _f(160, "Most tokens the teacher may write per call.", min=16, max=4096)
     prefill: bool = _f(True, "Prefill the teacher's turn with the start of the expected format.")
     strategies: tuple[str, ...] = _f(
@@ -41,26 +52,51 @@ class StudyConfig:
         "Reasoning strategies for rationales (names of the strategy prompts).",
     )
     # scoring
-    scorer: str = _f("loglik", "How the student scores a draft: loglik (fast) or generate (ARTE's).", choices=SCORERS)
-    probe_selection: str = _f("random", "Probe items: random, or the most discriminative by IRT 2PL.", choices=PROBE_SELECTIONS)
+    scorer: str = _f(
+        "loglik",
+        "How the student scores a draft: loglik (fast) or generate (ARTE's).",
+        choices=SCORERS,
+    )
+    probe_selection: str = _f(
+        "random",
+        "Probe items: random, or the most discriminative by IRT 2PL.",
+        choices=PROBE_SELECTIONS,
+    )
     # pairs
     pair_rule: str = _f("arte", "How pairs are built from scores.", choices=PAIR_RULES)
-    label_balanced: bool = _f(False, "Only pair drafts with the same answer label (no 'always answer X').")
-    quantile: float = _f(0.25, "ARTE: chosen from the top and rejected from the bottom quantile.", min=0.05, max=0.5)
+    label_balanced: bool = _f(
+        False, "Only pair drafts with the same answer label (no 'always answer X')."
+    )
+    quantile: float = _f(
+        0.25, "ARTE: chosen from the top and rejected from the bottom quantile.", min=0.05, max=0.5
+    )
     min_margin: float = _f(0.3, "margin rule: the least score gap for a pair.", min=0.0, max=1.0)
-    max_pairs_per_prompt: int = _f(8, "margin/ranked rules: at most this many pairs per prompt.", min=1, max=100)
-    use_unreviewed: bool = _f(True, "Train on automatic pairs no one has reviewed yet (approved and human pairs always count).")
+    max_pairs_per_prompt: int = _f(
+        8, "margin/ranked rules: at most this many pairs per prompt.", min=1, max=100
+    )
+    use_unreviewed: bool = _f(
+        True,
+        "Train on automatic pairs no one has reviewed yet (approved and human pairs always count).",
+    )
     # alignment (DPO)
-    dpo_lr: float = _f(5e-5, "DPO learning rate (paper: 1e-7 full fine-tuning; LoRA needs more).", min=0.0, max=1.0)
+    dpo_lr: float = _f(
+        5e-5, "DPO learning rate (paper: 1e-7 full fine-tuning; LoRA needs more).", min=0.0, max=1.0
+    )
     dpo_beta: float = _f(0.1, "DPO beta.", min=0.0, max=10.0)
     dpo_epochs: float = _f(1.0, "DPO epochs (paper: 1).", min=0.01, max=20)
     dpo_batch_size: int = _f(4, "DPO batch size (paper: 16).", min=1, max=256)
-    dpo_max_steps: int = _f(4, "Stop DPO after this many steps (0 = whole epochs).", min=0, max=100000)
+    dpo_max_steps: int = _f(
+        4, "Stop DPO after this many steps (0 = whole epochs).", min=0, max=100000
+    )
     # distillation (SFT)
-    sft_lr: float = _f(2e-4, "SFT learning rate (paper: 2e-5 full fine-tuning; LoRA needs more).", min=0.0, max=1.0)
+    sft_lr: float = _f(
+        2e-4, "SFT learning rate (paper: 2e-5 full fine-tuning; LoRA needs more).", min=0.0, max=1.0
+    )
     sft_epochs: float = _f(1.0, "SFT epochs (paper: 1).", min=0.01, max=20)
     sft_batch_size: int = _f(4, "SFT batch size.", min=1, max=256)
-    sft_max_steps: int = _f(4, "Stop SFT after this many steps (0 = whole epochs).", min=0, max=100000)
+    sft_max_steps: int = _f(
+        4, "Stop SFT after this many steps (0 = whole epochs).", min=0, max=100000
+    )
     lora: bool = _f(True, "Train a LoRA adapter (peft); off = full fine-tuning.")
     lora_r: int = _f(8, "LoRA rank.", min=1, max=256)
     save_steps: int = _f(2, "Checkpoint every this many training steps.", min=1, max=100000)

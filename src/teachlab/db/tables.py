@@ -92,7 +92,9 @@ class Draft(SQLModel, table=True):
 class ProbeResult(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("draft_id", "probe_index", "mode"),)
     id: int | None = Field(default=None, primary_key=True)
-    draft_id: int | None = Field(default=None, foreign_key="draft.id", ondelete="CASCADE", index=True)
+    draft_id: int | None = Field(
+        default=None, foreign_key="draft.id", ondelete="CASCADE", index=True
+    )
     round_id: int = Field(foreign_key="round.id", ondelete="CASCADE", index=True)
     probe_index: int  # index of the example in the task
     mode: str  # loglik | generate
@@ -196,8 +198,6 @@ class Evaluation(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-
-
 class SignalCheck(SQLModel, table=True):
     """Is there signal? The student against chance, score reliability, label confound (per round)."""
 
@@ -212,5 +212,14 @@ class SignalCheck(SQLModel, table=True):
 
 
 ALL_TABLES = (
-    Study, Round, Draft, ProbeResult, Pair, AnnotationEvent, Run, Metric, Evaluation, SignalCheck,
+    Study,
+    Round,
+    Draft,
+    ProbeResult,
+    Pair,
+    AnnotationEvent,
+    Run,
+    Metric,
+    Evaluation,
+    SignalCheck,
 )

@@ -14,7 +14,7 @@ from typing import Protocol
 log = logging.getLogger("teachlab")
 
 
-class Cancelled(Exception):  # noqa: N818  (it is a signal, not an error)
+class Cancelled(Exception):
     """Raised inside a stage when its run was cancelled; the worker records the state."""
 
 

@@ -166,7 +166,12 @@ def set_progress(
         session.execute(
             update(Run)
             .where(col(Run.id) == run_id)
-            .values(progress_done=done, progress_total=total, message=message[:500], heartbeat_at=utcnow())
+            .values(
+                progress_done=done,
+                progress_total=total,
+                message=message[:500],
+                heartbeat_at=utcnow(),
+            )
         )
 
 

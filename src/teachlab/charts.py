@@ -1,0 +1,230 @@
+"""Charts as pure functions: plain rows in, a plotly Figure out (shown with ``gr.Plot``).
+
+Rows are what ``teachlab.views`` returns; nothing here reads the database or knows Gradio,
+so every chart is tested on hand-made rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+Row = Mapping[str, Any]
+METRIC_TITLES = {
+    "loss": "loss",
+    "rewards/margins": "reward margin",
+    "rewards/accuracies": "reward accuracy",
+    "mean_token_accuracy": "token accuracy",
+}
+
+
+def _layout(fig: go.Figure, title: str, **kw: Any) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+        height=kw.pop("height", 320),
+        **kw,
+    )
+    return fig
+
+
+def empty_figure(title: str, message: str) -> go.Figure:
+    """A blank chart that says why it is blank (no data yet, and what makes some)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, title, height=220)
+
+
+def score_histogram(scores: Sequence[float], baseline: float | None, title: str) -> go.Figure:
+    """Distribution of draft scores with the zero-shot baseline as a vertical line."""
+    if not scores:
+        return empty_figure(title, "No scores yet: run the score stage on the Runs page.")
+    fig = go.Figure(
+        go.Histogram(
+            x=list(scores), name="drafts", marker_color="#4c78a8", xbins={"size": _bin_size(scores)}
+        )
+    )
+    if baseline is not None:
+        fig.add_vline(
+            x=baseline,
+            line_dash="dash",
+            line_color="#e45756",
+            annotation_text=f"zero-shot {baseline:.2f}",
+            annotation_position="top",
+        )
+    fig.update_xaxes(title="probe accuracy with the draft as demonstration")
+    fig.update_yaxes(title="drafts")
+    return _layout(fig, title, bargap=0.05)
+
+
+def _bin_size(values: Sequence[float]) -> float:
+    # Scores are k/n accuracies in [0, 1]: 20 bins keep neighbouring values apart for n ≤ 20.
+    span = max(values) - min(values)
+    return max(span / 20, 0.05) if span > 0 else 0.05
+
+
+def training_curves(rows: Iterable[Row], names: Sequence[str] | None = None) -> go.Figure:
+    """One panel per metric (loss, reward margin…), one line per run; rows: run, kind, step,
+    name, value."""
+    rows = list(rows)
+    present = list(dict.fromkeys(r["name"] for r in rows))
+    names = [n for n in (names or present) if n in present]
+    if not names:
+        return empty_figure(
+            "Training curves",
+            "No training metrics yet: align and distil runs "
+            "write loss and reward curves here as they train.",
+        )
+    fig = make_subplots(
+        rows=1, cols=len(names), subplot_titles=[METRIC_TITLES.get(n, n) for n in names]
+    )
+    series: dict[tuple[str, int, str], list[tuple[int, float]]] = defaultdict(list)
+    for r in rows:
+        series[(r["name"], r["run"], r.get("kind", ""))].append((r["step"], r["value"]))
+    for (name, run, kind), points in series.items():
+        if name not in names:
+            continue
+        points.sort()
+        fig.add_trace(
+            go.Scatter(
+                x=[p[0] for p in points],
+                y=[p[1] for p in points],
+                mode="lines+markers",
+                name=f"{kind} #{run}".strip(),
+                legendgroup=str(run),
+                showlegend=names.index(name) == 0,
+            ),
+            row=1,
+            col=names.index(name) + 1,
+        )
+    fig.update_xaxes(title="step")
+    return _layout(fig, "Training curves")
+
+
+def accuracy_by_round(rows: Iterable[Row]) -> go.Figure:
+    """Student accuracy per round with its confidence interval; one series per model × shots.
+
+    rows: round, model, shots, accuracy, ci_low, ci_high.
+    """
+    series: dict[tuple[str, int], list[Row]] = defaultdict(list)
+    for r in rows:
+        series[(r["model"], r["shots"])].append(r)
+    if not series:
+        return empty_figure(
+            "Student accuracy",
+            "No evaluations yet: the evaluate stage measures "
+            "the student before and after distillation.",
+        )
+    fig = go.Figure()
+    for (model, shots), items in sorted(series.items()):
+        items = sorted(items, key=lambda r: r["round"])
+        acc = [r["accuracy"] for r in items]
+        high = [
+            (r["ci_high"] - r["accuracy"]) if r.get("ci_high") is not None else 0 for r in items
+        ]
+        low = [(r["accuracy"] - r["ci_low"]) if r.get("ci_low") is not None else 0 for r in items]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["round"] for r in items],
+                y=acc,
+                mode="lines+markers",
+                name=f"{model} · {shots}-shot",
+                error_y={"type": "data", "array": high, "arrayminus": low, "visible": True},
+            )
+        )
+    fig.update_xaxes(title="round", dtick=1)
+    fig.update_yaxes(title="test accuracy", range=[0, 1])
+    return _layout(fig, "Student accuracy per round (95% CI)")
+
+
+def dpo_margins(rows: Iterable[Row]) -> go.Figure:
+    """The teacher's DPO reward margin over training steps, one line per align run."""
+    series: dict[tuple[Any, int], list[Row]] = defaultdict(list)
+    for r in rows:
+        series[(r.get("round"), r["run"])].append(r)
+    if not series:
+        return empty_figure("Teacher DPO reward margins", "No align runs yet.")
+    fig = go.Figure()
+    for (rnd, run), items in sorted(series.items(), key=lambda kv: kv[0][1]):
+        items = sorted(items, key=lambda r: r["step"])
+        fig.add_trace(
+            go.Scatter(
+                x=[r["step"] for r in items],
+                y=[r["value"] for r in items],
+                mode="lines+markers",
+                name=f"round {rnd} (run #{run})",
+            )
+        )
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(title="reward margin (chosen − rejected)")
+    return _layout(fig, "Teacher DPO reward margins")
+
+
+def score_boxes(rows: Iterable[Row]) -> go.Figure:
+    """Draft score distributions across rounds, questions and rationales side by side."""
+    by_kind: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        by_kind[r["kind"]].append(r)
+    if not by_kind:
+        return empty_figure("Score distributions", "No scored drafts yet.")
+    fig = go.Figure()
+    for kind, items in sorted(by_kind.items()):
+        fig.add_trace(
+            go.Box(
+                x=[f"round {r['round']}" for r in items],
+                y=[r["score"] for r in items],
+                name=kind,
+                boxmean=True,
+            )
+        )
+    fig.update_yaxes(title="score")
+    return _layout(fig, "Score distributions across rounds", boxmode="group")
+
+
+def pair_counts(rows: Iterable[Row]) -> go.Figure:
+    """Pairs per round, stacked by source (auto | human) and status."""
+    totals: dict[tuple[str, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    rounds: set[int] = set()
+    for r in rows:
+        totals[(r["source"], r["status"])][r["round"]] += r["count"]
+        rounds.add(r["round"])
+    if not totals:
+        return empty_figure("Pairs", "No pairs yet: the pairs stage builds them from scores.")
+    xs = sorted(rounds)
+    fig = go.Figure()
+    for (source, status), counts in sorted(totals.items()):
+        fig.add_trace(
+            go.Bar(
+                x=[f"round {x}" for x in xs],
+                y=[counts.get(x, 0) for x in xs],
+                name=f"{source} · {status}",
+            )
+        )
+    fig.update_yaxes(title="pairs")
+    return _layout(fig, "Human vs automatic pairs", barmode="stack")
+
+
+def stage_times(rows: Iterable[Row]) -> go.Figure:
+    """Minutes per stage, one bar group per round (summed over a stage's runs)."""
+    minutes: dict[Any, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    kinds: list[str] = []
+    for r in rows:
+        if r.get("seconds") is None:
+            continue
+        minutes[r.get("round")][r["kind"]] += r["seconds"] / 60
+        if r["kind"] not in kinds:
+            kinds.append(r["kind"])
+    if not minutes:
+        return empty_figure("Time per stage", "No finished runs yet.")
+    fig = go.Figure()
+    for rnd, per_kind in sorted(minutes.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        fig.add_trace(go.Bar(x=kinds, y=[per_kind.get(k, 0.0) for k in kinds], name=f"round {rnd}"))
+    fig.update_yaxes(title="minutes")
+    return _layout(fig, "Time per stage", barmode="group")

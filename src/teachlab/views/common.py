@@ -1,0 +1,102 @@
+"""What the read queries share: filter sentinels, small formatting helpers, rounds, the
+study's task examples and its scoring mode."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from teachlab.db import ProbeResult, Round, Study, read_session
+from teachlab.errors import ConfigError, NotFoundError, TeachlabError
+from teachlab.settings import get_settings
+
+ALL = "all"  # the filter value that means "no filter"
+DRAFT_STATUSES = ("ok", "rejected", "duplicate")
+ACTIVE_RUN = ("queued", "running", "interrupted")
+CURVE_METRICS = ("loss", "rewards/margins", "rewards/accuracies", "mean_token_accuracy")
+
+
+def clip(text: str | None, n: int = 80) -> str:
+    """One line of at most ``n`` characters (for table cells)."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= n else flat[: n - 1] + "…"
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back naive; they were written in UTC.
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
+def as_id(value: object, what: str = "Round") -> int | None:
+    """A row id from a widget (a dropdown may hold typed text); None when nothing is chosen."""
+    if value is None or value == "" or value == 0:
+        return None
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} {value!r} is not an id; pick one from the list.") from None
+
+
+def given(value: str | None) -> bool:
+    return bool(value) and value != ALL
+
+
+# ---------------------------------------------------------------- studies and rounds
+
+
+def round_options(study_id: int, db_path: Path | None = None) -> list[tuple[str, int]]:
+    """(label, round id) for a study's rounds, newest first."""
+    with read_session(db_path) as session:
+        rows = session.exec(
+            select(Round).where(Round.study_id == study_id).order_by(col(Round.index).desc())
+        ).all()
+    return [(f"Round {r.index} ({r.status})", r.id) for r in rows]  # type: ignore[misc]
+
+
+def study_of_round(round_id: int, db_path: Path | None = None) -> Study:
+    with read_session(db_path) as session:
+        rnd = session.get(Round, round_id)
+        study = session.get(Study, rnd.study_id) if rnd else None
+    if study is None:
+        raise NotFoundError(f"Round #{round_id} does not exist; pick a round from the list.")
+    return study
+
+
+@lru_cache(maxsize=8)
+def _examples(task_ref: str, data_dir: str, fingerprint: str | None) -> tuple[Any, ...] | None:
+    from teachlab.tasks import resolve_task
+
+    try:
+        task = resolve_task(task_ref)
+    except TeachlabError:
+        return None
+    if fingerprint and task.fingerprint() != fingerprint:
+        return None  # the data changed since the study was made: indices point elsewhere
+    return task.examples
+
+
+def task_examples(study: Study) -> tuple[Any, ...] | None:
+    """The study's task examples (probe inputs, gold answers), or None if the data is missing."""
+    data_dir = str(get_settings().data_dir)
+    return _examples(study.task_ref, data_dir, study.splits.get("task_fingerprint"))
+
+
+def scoring_mode(study: Study, session: Session, round_id: int) -> str | None:
+    wanted = (study.config or {}).get("scorer")
+    modes = set(
+        session.exec(
+            select(ProbeResult.mode).where(ProbeResult.round_id == round_id).distinct()
+        ).all()
+    )
+    if wanted in modes:
+        return wanted
+    return sorted(modes)[0] if modes else None
+
+
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    start, end = aware(start), aware(end)
+    return (end - start).total_seconds() if start and end else None

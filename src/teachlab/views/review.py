@@ -1,0 +1,106 @@
+"""Review: the pair queue as a table and one pair with what the student did with each side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from sqlmodel import Session, col, select
+
+from teachlab.db import Draft, Pair, ProbeResult, read_session
+from teachlab.errors import NotFoundError
+from teachlab.views.common import clip
+
+QUEUE_COLUMNS = [
+    "id",
+    "level",
+    "rule",
+    "margin",
+    "status",
+    "source",
+    "annotator",
+    "chosen",
+    "rejected",
+]
+
+
+def queue_frame(pairs: list[Pair]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            [
+                p.id,
+                p.level,
+                p.rule,
+                round(p.margin, 4),
+                p.status,
+                p.source,
+                p.annotator or "",
+                clip(p.chosen, 60),
+                clip(p.rejected, 60),
+            ]
+            for p in pairs
+        ],
+        columns=QUEUE_COLUMNS,
+    )
+
+
+@dataclass(frozen=True)
+class StudentView:
+    """What the student did with one side of a pair as its demonstration."""
+
+    draft_id: int
+    answer: str | None  # the draft's own answer (rationale) or target (question)
+    score: float | None
+    marks: str  # ✓/✗ per probe, in probe order
+    predictions: list[tuple[int, str, bool]]  # (probe index, predicted, correct)
+    rationale_scores: list[float]  # for a question: its rationales' scores
+
+
+@dataclass
+class PairDetail:
+    pair: Pair
+    chosen: StudentView | None
+    rejected: StudentView | None
+    baseline: float | None
+
+
+def _student_view(session: Session, draft_id: int | None) -> StudentView | None:
+    if draft_id is None:
+        return None
+    draft = session.get(Draft, draft_id)
+    if draft is None:
+        return None
+    results = session.exec(
+        select(ProbeResult)
+        .where(ProbeResult.draft_id == draft_id)
+        .order_by(col(ProbeResult.mode), col(ProbeResult.probe_index))
+    ).all()
+    if results:  # one mode only (the first stored), so marks line up with the probe order
+        results = [r for r in results if r.mode == results[0].mode]
+    kids = session.exec(
+        select(Draft.score).where(Draft.parent_id == draft_id, col(Draft.score).is_not(None))
+    ).all()
+    return StudentView(
+        draft_id,
+        draft.answer if draft.kind == "rationale" else draft.target,
+        draft.score,
+        "".join("✓" if r.correct else "✗" for r in results),
+        [(r.probe_index, r.predicted, r.correct) for r in results],
+        [float(s) for s in kids if s is not None],
+    )
+
+
+def pair_detail(pair_id: int, db_path: Path | None = None) -> PairDetail:
+    with read_session(db_path) as session:
+        pair = session.get(Pair, pair_id)
+        if pair is None:
+            raise NotFoundError(f"Pair {pair_id} does not exist; reload the review queue.")
+        chosen = _student_view(session, pair.chosen_draft_id)
+        rejected = _student_view(session, pair.rejected_draft_id)
+        base = session.exec(
+            select(ProbeResult.correct).where(
+                ProbeResult.round_id == pair.round_id, col(ProbeResult.draft_id).is_(None)
+            )
+        ).all()
+    return PairDetail(pair, chosen, rejected, sum(base) / len(base) if base else None)
