@@ -45,6 +45,15 @@ app.add_typer(round_app, name="round")
 app.add_typer(run_app, name="run")
 
 
+def _mount_export() -> None:
+    from teachlab.export_cli import export_app
+
+    app.add_typer(export_app, name="export", help="Export curated data; import it back.")
+
+
+_mount_export()
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     if not rows:
         return "(none)"

@@ -364,17 +364,17 @@ def stage_distill(ctx: RunContext, run: Run) -> dict[str, Any]:
                 )
             )
         }
-    from teachlab.score import student_prompt_text
+    from teachlab.score.prompt import description_segment, probe_segment
 
+    description = study_task(study).description
     examples = []
     for d in tailored:
         q = parents.get(d.parent_id)
-        if q is None or not q.input:
+        if q is None or not q.input or not d.rationale:
             continue
-        prompt, completion = student_prompt_text(
-            study_task(study).description, q.input, d.rationale or "", d.answer or q.target or ""
-        )
-        examples.append({"prompt": prompt, "completion": completion})
+        # The student learns to continue the very prompt it is scored and evaluated with.
+        prompt = description_segment(description) + probe_segment(q.input, "generate")
+        examples.append({"prompt": prompt, "completion": " " + d.rationale.strip()})
     if not examples:
         raise JobError("No tailored examples to distil on: run the regenerate stage first.")
     result = train_sft(
