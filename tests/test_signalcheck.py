@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -287,3 +288,13 @@ def test_bad_inputs_are_rejected():
         signal_check(np.ones((4, 1)), None, None, None, 0.5)
     with pytest.raises(DataError):
         signal_check(np.ones((4, 6)), ["a", "b"], None, None, 0.5)
+
+
+def test_unique_labels_are_not_reported_as_a_confound() -> None:
+    """Free-form answers (each draft its own label) would give eta² = 1 by construction."""
+    rng = np.random.default_rng(5)
+    per_draft = {d: {p: bool(rng.random() < 0.5) for p in range(20)} for d in range(24)}
+    labels = {d: f"answer {d}" for d in range(24)}
+    result = signal_check(per_draft, labels, [True] * 20, [True] * 20, 0.2, seed=0)
+    assert math.isnan(result.label_share)
+    assert not any("label explains" in r for r in result.verdict.reasons)
