@@ -74,10 +74,16 @@ def stage_check(ctx: RunContext, run: Run) -> dict[str, Any]:
     data["source"] = source
     if margins:
         data["margin_metric"] = signal_check(
-            margins, labels, [o.correct for o in zero], [o.correct for o in few],
-            task.chance_rate, seed=study.seed, metric="margin",
+            margins,
+            labels,
+            [o.correct for o in zero],
+            [o.correct for o in few],
+            task.chance_rate,
+            seed=study.seed,
+            metric="margin",
         ).to_dict()
     verdict = result.verdict
+    assert verdict is not None  # signal_check always sets it
     with write_session(ctx.db_path) as session:
         session.add(
             SignalCheck(

@@ -288,11 +288,11 @@ def _run_foreground(study_ref: str, kind: str, config: dict[str, Any] | None = N
     study = get_study(study_ref)
     rnd = current_round(study.id)  # type: ignore[arg-type]
     run = runs.create_run(
-        study.id,
+        study.id,  # type: ignore[arg-type]
         kind,
         round_id=rnd.id,
         config=config or {},
-        seed=study.seed,  # type: ignore[arg-type]
+        seed=study.seed,
         requested_by="cli",
     )
     typer.echo(f"Run #{run.id}: {kind} on study {study.name!r}, round {rnd.index}", err=True)

@@ -64,6 +64,12 @@ class StudyConfig:
     )
     # pairs
     pair_rule: str = _f("arte", "How pairs are built from scores.", choices=PAIR_RULES)
+    pair_metric: str = _f(
+        "accuracy",
+        "Score pairs are built on: probe accuracy (ARTE), or the mean log-prob margin of the gold "
+        "answer (informative where a tiny student's accuracy ties).",
+        choices=("accuracy", "margin"),
+    )
     label_balanced: bool = _f(
         False, "Only pair drafts with the same answer label (no 'always answer X')."
     )

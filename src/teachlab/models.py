@@ -207,8 +207,8 @@ def fetch(ref_text: str, settings: Settings | None = None) -> Path:
         )
         # The GGUF loader leaves a quantizer flag that makes save_pretrained refuse; the
         # weights are already plain float tensors, so clear it.
-        model.hf_quantizer = None
-        model.is_quantized = False
+        model.hf_quantizer = None  # type: ignore[assignment]
+        model.is_quantized = False  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         if not tokenizer.chat_template:

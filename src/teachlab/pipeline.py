@@ -37,6 +37,13 @@ ROUND_STAGES = ("draft", "score", "pairs", "align", "regenerate", "distill", "ev
 # ---------------------------------------------------------------- helpers
 
 
+def _id(row: Any) -> int:
+    """The primary key of a stored row (typed as optional by SQLModel until it is stored)."""
+    if row.id is None:
+        raise ValueError(f"{type(row).__name__} has not been stored yet")
+    return int(row.id)
+
+
 def load_round(run: Run, db_path: Path | None) -> tuple[Study, Round, StudyConfig]:
     with read_session(db_path) as session:
         study = session.get(Study, run.study_id)
@@ -94,6 +101,12 @@ def stage_draft(ctx: RunContext, run: Run) -> dict[str, Any]:
     backend = make_backend(study.backend, rnd.teacher, adapter=rnd.teacher_adapter)
     try:
         questions = draft.run_draft_questions(ctx, rnd.id, backend)  # type: ignore[arg-type]
+        if not questions.get("total_ok"):
+            raise JobError(
+                f"The teacher wrote no usable question in {questions.get('calls', 0)} calls "
+                f"(parse rate {questions.get('parse_rate') or 0:.0%}); raise max_new_tokens, turn "
+                "prefill on or lower the question temperature in the study settings, then resume."
+            )
         rationales = draft.run_draft_rationales(ctx, rnd.id, backend, phase="draft")  # type: ignore[arg-type]
     finally:
         backend.close()
@@ -157,9 +170,9 @@ def stage_score(ctx: RunContext, run: Run) -> dict[str, Any]:
     ctx.progress(total - len(todo) - 1, total, f"loading student {rnd.student}")
     student = models.load(rnd.student, rnd.student_adapter)
     runs.update_provenance(
-        run.id,
+        _id(run),
         {
-            "student_sha256": student.weights_sha256,  # type: ignore[arg-type]
+            "student_sha256": student.weights_sha256,
             "student_adapter_sha256": student.adapter_sha256,
         },
         ctx.db_path,
@@ -178,8 +191,8 @@ def stage_score(ctx: RunContext, run: Run) -> dict[str, Any]:
         )
         outcomes = scorer.score([demo])
         _store_outcomes(
-            ctx.db_path, rnd.id, d.id, mode, outcomes, accuracy(outcomes), mean_margin(outcomes)
-        )  # type: ignore[arg-type]
+            ctx.db_path, _id(rnd), d.id, mode, outcomes, accuracy(outcomes), mean_margin(outcomes)
+        )
         ctx.progress(
             total - len(todo) + i, total, f"scored draft #{d.id}: {accuracy(outcomes):.2f}"
         )
@@ -204,7 +217,7 @@ def stage_score(ctx: RunContext, run: Run) -> dict[str, Any]:
             margins = [d.margin_score for d in ds if d.margin_score is not None]
             q.margin_score = sum(margins) / len(margins) if margins else None
             session.add(q)
-    baseline = baseline_accuracy(rnd.id, mode, ctx.db_path)  # type: ignore[arg-type]
+    baseline = baseline_score(rnd.id, mode, ctx.db_path)  # type: ignore[arg-type]
     return {"scored": len(todo), "total": len(rationales), "baseline": baseline, "mode": mode}
 
 
@@ -239,20 +252,31 @@ def _store_outcomes(
                 session.add(d)
 
 
-def baseline_accuracy(round_id: int, mode: str, db_path: Path | None) -> float | None:
+def baseline_score(
+    round_id: int, mode: str, db_path: Path | None, *, margin: bool = False
+) -> float | None:
+    """The zero-shot baseline: probe accuracy, or the mean gold margin."""
     with read_session(db_path) as session:
         rows = session.exec(
-            select(ProbeResult.correct).where(
+            select(ProbeResult).where(
                 ProbeResult.round_id == round_id,
                 col(ProbeResult.draft_id).is_(None),
                 ProbeResult.mode == mode,
             )
         ).all()
-    return sum(rows) / len(rows) if rows else None
+    found = [(r.margin if margin else float(r.correct)) for r in rows]
+    values = [v for v in found if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def stage_pairs(ctx: RunContext, run: Run) -> dict[str, Any]:
+    """Candidates from scored drafts → the study's pair rule → stored automatic pairs.
+
+    Question pairs keep the exact generation prompt (chat template and prefill); rationale
+    pairs use the plain prompt ("prompt erasure"), as ARTE does.
+    """
     from teachlab import pairs, review
+    from teachlab.prompts import load_tokenizer, plain_prompt_for, question_completion_for
 
     study, rnd, cfg = load_round(run, ctx.db_path)
     with read_session(ctx.db_path) as session:
@@ -262,46 +286,48 @@ def stage_pairs(ctx: RunContext, run: Run) -> dict[str, Any]:
             )
         ).all()
     questions = {d.id: d for d in drafts if d.kind == "question"}
+    tokenizer = load_tokenizer(rnd.teacher)
+    use_margin = cfg.pair_metric == "margin"
+
+    def score_of(d: Draft) -> float | None:
+        return d.margin_score if use_margin else d.score
+
     candidates = []
     for d in drafts:
         if d.kind == "question":
             candidates.append(
                 pairs.Candidate(
-                    draft_id=d.id,
+                    draft_id=d.id,  # type: ignore[arg-type]
                     prompt=d.prompt,
-                    text=d.prefill_completion if hasattr(d, "prefill_completion") else d.raw_output,  # type: ignore[arg-type]
-                    score=d.score,
+                    text=question_completion_for(d),
+                    score=score_of(d),
                     label=d.target,
                     level="question",
                     group=d.prompt,
                 )
             )
-        else:
-            q = questions.get(d.parent_id)
-            if q is None:
-                continue
-            from teachlab.prompts import plain_prompt_for
-
-            erased = plain_prompt_for(study, rnd, q)
-            candidates.append(
-                pairs.Candidate(
-                    draft_id=d.id,
-                    prompt=erased,
-                    text=d.raw_output,
-                    score=d.score,  # type: ignore[arg-type]
-                    label=d.answer,
-                    level="rationale",
-                    group=str(d.parent_id),
-                )
+            continue
+        q = questions.get(d.parent_id)
+        if q is None:
+            continue
+        candidates.append(
+            pairs.Candidate(
+                draft_id=d.id,  # type: ignore[arg-type]
+                prompt=plain_prompt_for(study, rnd, q, tokenizer),
+                text=d.raw_output,
+                score=score_of(d),
+                label=d.answer,
+                level="rationale",
+                group=str(d.parent_id),
             )
-    mode = cfg.scorer
+        )
     specs = pairs.build_pairs(
         candidates,
         cfg.pair_rule,
         quantile=cfg.quantile,
         min_margin=cfg.min_margin,
         max_per_prompt=cfg.max_pairs_per_prompt,
-        baseline=baseline_accuracy(rnd.id, mode, ctx.db_path),  # type: ignore[arg-type]
+        baseline=baseline_score(rnd.id, cfg.scorer, ctx.db_path, margin=use_margin),  # type: ignore[arg-type]
         label_balanced=cfg.label_balanced,
     )
     stored = review.store_pairs(rnd.id, specs, db_path=ctx.db_path)  # type: ignore[arg-type]
@@ -313,7 +339,7 @@ def stage_align(ctx: RunContext, run: Run) -> dict[str, Any]:
     from teachlab import review
     from teachlab.train import train_dpo
 
-    study, rnd, cfg = load_round(run, ctx.db_path)
+    _study, rnd, cfg = load_round(run, ctx.db_path)
     chosen = review.training_pairs(rnd.id, use_unreviewed=cfg.use_unreviewed, db_path=ctx.db_path)  # type: ignore[arg-type]
     if not chosen:
         raise JobError(
@@ -330,6 +356,7 @@ def stage_align(ctx: RunContext, run: Run) -> dict[str, Any]:
         run_dir=ctx.run_dir,
         db_path=ctx.db_path,
         run_id=run.id,
+        ordered=cfg.pair_rule == "ranked",  # Curry-DPO: easy pairs first
     )
     runs.update_provenance(run.id, {"adapter_sha256": result.adapter_sha256}, ctx.db_path)  # type: ignore[arg-type]
     return {
@@ -337,6 +364,7 @@ def stage_align(ctx: RunContext, run: Run) -> dict[str, Any]:
         "adapter_sha256": result.adapter_sha256,
         "pairs": len(data),
         "steps": result.global_step,
+        "resumed_from": result.resumed_from,
         "metrics": result.metrics,
     }
 
@@ -393,6 +421,7 @@ def stage_distill(ctx: RunContext, run: Run) -> dict[str, Any]:
         "adapter_sha256": result.adapter_sha256,
         "examples": len(examples),
         "steps": result.global_step,
+        "resumed_from": result.resumed_from,
         "metrics": result.metrics,
     }
 
@@ -434,7 +463,7 @@ def stage_evaluate(ctx: RunContext, run: Run) -> dict[str, Any]:
         with write_session(ctx.db_path) as session:
             session.add(
                 Evaluation(
-                    round_id=rnd.id,
+                    round_id=_id(rnd),
                     run_id=run.id,
                     model=name,
                     model_ref=rnd.student,  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ class RunContext:
         return RunContext(run, self._hb, self.db_path, self._echo)
 
 
-def stage_functions() -> dict[str, StageFn]:
+def stage_functions() -> Mapping[str, StageFn]:
     from teachlab import pipeline
 
     return pipeline.STAGES

@@ -8,6 +8,7 @@ project's own CLI, in the worker's process group, which the app stops as a whole
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -112,10 +113,8 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def recover() -> list[int]:

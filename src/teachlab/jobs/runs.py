@@ -183,7 +183,7 @@ def finish(
     result: dict[str, Any] | None = None,
     db_path: Path | None = None,
 ) -> None:
-    if status not in FINAL + ("interrupted",):
+    if status not in (*FINAL, "interrupted"):
         raise ValueError(status)
     with write_session(db_path) as session:
         values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
