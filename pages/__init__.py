@@ -17,7 +17,7 @@ from pages import scores as scores_page
 from pages import studies as studies_page
 from pages.common import AppState
 from teachlab.db import init_db
-from teachlab.settings import Settings, get_settings
+from teachlab.settings import Settings, get_settings, on_space
 
 log = logging.getLogger("teachlab.app")
 
@@ -35,6 +35,13 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         gr.Markdown(
             "# TeachLab\nTeacher drafts · student scores · you review · DPO aligns · SFT distils"
         )
+        if on_space():
+            gr.DuplicateButton("Duplicate this Space to run your own studies", size="sm")
+        if settings.demo_mode:
+            gr.Markdown(
+                "> **Demo mode**: small limits; aligning, distilling and whole rounds are off. "
+                "Duplicate the Space (or install TeachLab) to run them."
+            )
         if not settings.storage_is_persistent:
             gr.Markdown(
                 "> **Data is ephemeral here**: this Space has no persistent storage, so studies "
@@ -83,6 +90,11 @@ def launch(host: str | None = None, port: int | None = None, start_worker: bool 
     settings = get_settings()
     settings.ensure_dirs()
     init_db(settings.db_path)
+    if on_space():
+        from teachlab.tasks import fetch_bigbench, list_bigbench
+
+        if not list_bigbench():
+            fetch_bigbench()  # a Space starts bare: fetch the task data once (seconds)
     if settings.demo_study:
         demo = ensure_demo_study()
         if demo is not None:

@@ -71,3 +71,12 @@ def test_bad_port_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEACHLAB_PORT", "not-a-port")
     with pytest.raises(ValidationError, match="port"):
         Settings()
+
+
+def test_space_defaults_use_hub_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert Settings().student == "bundled:smollm2-135m-instruct"
+    monkeypatch.setenv("SPACE_ID", "someone/teachlab")
+    s = Settings()
+    assert s.student == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert s.teacher == "google/gemma-3-270m"

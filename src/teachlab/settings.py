@@ -18,6 +18,20 @@ from teachlab.errors import ConfigError
 SPACES_DATA = Path("/data")
 
 
+def on_space() -> bool:
+    """True on a Hugging Face Space (it sets SPACE_ID)."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def _default_teacher() -> str:
+    # A Space installs requirements.txt only (no bundled GGUF packages) but reaches the Hub.
+    return "google/gemma-3-270m" if on_space() else "bundled:gemma-3-270m"
+
+
+def _default_student() -> str:
+    return "HuggingFaceTB/SmolLM2-135M-Instruct" if on_space() else "bundled:smollm2-135m-instruct"
+
+
 def _default_storage() -> Path:
     # Hugging Face Spaces mount persistent storage at /data; use it when it is there.
     if SPACES_DATA.is_dir() and os.access(SPACES_DATA, os.W_OK):
@@ -44,11 +58,12 @@ class Settings(BaseSettings):
         description="Folder for fetched task data such as BIG-bench (default <storage>/data).",
     )
     teacher: str = Field(
-        default="bundled:gemma-3-270m",
-        description="Default teacher model reference for new studies.",
+        default_factory=_default_teacher,
+        description="Default teacher model reference for new studies "
+        "(on a Space: the same model by its Hub id).",
     )
     student: str = Field(
-        default="bundled:smollm2-135m-instruct",
+        default_factory=_default_student,
         description="Default student model reference for new studies.",
     )
     host: str = Field(default="127.0.0.1", description="Address the web app listens on.")
@@ -115,8 +130,7 @@ class Settings(BaseSettings):
     @property
     def storage_is_persistent(self) -> bool:
         """False on a Space without persistent storage (data vanishes on restart)."""
-        on_space = bool(os.environ.get("SPACE_ID"))
-        return not on_space or self.storage.resolve() == SPACES_DATA
+        return not on_space() or self.storage.resolve() == SPACES_DATA
 
     def users(self) -> dict[str, tuple[str, str]]:
         """Map user name to (password, role) from TEACHLAB_AUTH and TEACHLAB_USERS_FILE."""
