@@ -1,0 +1,148 @@
+"""Any OpenAI-compatible server (vLLM's, llama.cpp's, hosted APIs) through the ``openai`` client.
+
+Prompts are already chat-templated text, so we call the completions endpoint, several requests
+at once from a thread pool, retrying connection errors, timeouts, 429 and 5xx with back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+
+from teachlab.backends.base import GenRequest, cut_at_stop
+from teachlab.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8000/v1"
+PROBE_TIMEOUT_S = 10.0
+
+
+def _retryable(exc: Exception) -> bool:
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError | openai.APITimeoutError | openai.RateLimitError):
+        return True
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
+class OpenAIBackend:
+    """Completions from a server at ``base_url`` (default ``OPENAI_BASE_URL``).
+
+    ``retries`` are ours, on top of the client's own ``max_retries``: after the client gives
+    up we wait ``backoff * 2**attempt`` seconds and try again, at most ``retries`` times.
+    The server is probed (``GET /models``) at construction, so a wrong URL fails before work.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        served_model: str | None = None,
+        concurrency: int = 4,
+        timeout: float = 120.0,
+        max_retries: int = 2,
+        retries: int = 2,
+        backoff: float = 1.0,
+    ) -> None:
+        import openai
+
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_URL
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # local servers need none
+        self.client = openai.OpenAI(
+            base_url=self.base_url, api_key=key, timeout=timeout, max_retries=max_retries
+        )
+        self.concurrency = max(1, int(concurrency))
+        self.retries = max(0, int(retries))
+        self.backoff = backoff
+        self.model = served_model or model
+        self.model = self._probe(self.model)
+        self.name = f"openai:{self.model}@{self.base_url}"
+        self.adapter_hash: str | None = None
+
+    def _probe(self, model: str) -> str:
+        """Check the server answers; pick its only model when ours is not among its names."""
+        import openai
+
+        try:
+            listed = self.client.with_options(
+                timeout=min(PROBE_TIMEOUT_S, self.client.timeout or PROBE_TIMEOUT_S),  # type: ignore[arg-type,type-var]
+                max_retries=0,
+            ).models.list()
+            ids = [m.id for m in listed.data]
+        except openai.AuthenticationError as exc:
+            raise ModelError(
+                f"The OpenAI-compatible server at {self.base_url} rejected the API key "
+                f"({exc.status_code}); set OPENAI_API_KEY to a valid key."
+            ) from exc
+        except openai.NotFoundError:
+            return model  # a server without /models; the first completion will tell
+        except (openai.APIConnectionError, openai.APIStatusError) as exc:
+            raise ModelError(
+                f"No OpenAI-compatible server answered at {self.base_url} ({type(exc).__name__}); "
+                "start one (e.g. `vllm serve MODEL` or llama.cpp's `llama-server -m FILE`) or "
+                "set OPENAI_BASE_URL (and OPENAI_API_KEY) to a server that is up, or use the "
+                "transformers backend."
+            ) from exc
+        if model not in ids and len(ids) == 1:
+            log.info("server %s serves only %r; using it for %r", self.base_url, ids[0], model)
+            return ids[0]
+        return model
+
+    def _complete(self, request: GenRequest) -> str:
+        import openai
+
+        attempt = 0
+        while True:
+            try:
+                response = self.client.completions.create(
+                    model=self.model,
+                    prompt=request.prompt,
+                    temperature=request.temperature,
+                    max_tokens=request.max_new_tokens,
+                    seed=request.seed,
+                    top_p=1.0,
+                    stop=list(request.stop) or None,
+                )
+                # Servers strip the stop string already; cutting again is a no-op then.
+                return cut_at_stop(response.choices[0].text or "", request.stop)
+            except openai.APIError as exc:
+                if not _retryable(exc):
+                    raise ModelError(
+                        f"The server at {self.base_url} refused request {request.key} "
+                        f"({type(exc).__name__}: {exc}); check the model name and the prompt "
+                        "length against the server's limits."
+                    ) from exc
+                if attempt >= self.retries:
+                    raise ModelError(
+                        f"The server at {self.base_url} failed request {request.key} "
+                        f"{attempt + 1} times ({type(exc).__name__}: {exc}); check that it "
+                        "is up and not overloaded, then resume the stage."
+                    ) from exc
+                delay = self.backoff * 2**attempt
+                log.warning("%s: %s, retrying in %.1fs", request.key, type(exc).__name__, delay)
+                time.sleep(delay)
+                attempt += 1
+
+    def generate(self, requests: Sequence[GenRequest]) -> Iterator[tuple[GenRequest, str]]:
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai")
+        try:
+            futures: dict[Future[str], GenRequest] = {
+                pool.submit(self._complete, r): r for r in requests
+            }
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            # A consumer that stops early (cancel, error) leaves queued requests unsent.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend({self.name!r})"

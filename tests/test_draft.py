@@ -1,0 +1,552 @@
+"""Drafting: parsing teacher output, target checks, duplicates, and the resumable DB stages.
+
+Pure logic runs on hand-written outputs and a fake deterministic backend; the slow tests run
+the bundled teacher (gemma-3-270m) on real prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from teachlab import prompts
+from teachlab.backends.base import GenRequest
+from teachlab.config import StudyConfig
+from teachlab.db import Draft, Round, Study, read_session, write_session
+from teachlab.draft import (
+    check_target,
+    derive_seed,
+    parse_question_blocks,
+    parse_questions,
+    parse_rationale,
+    run_draft_questions,
+    run_draft_rationales,
+    shared_labels,
+)
+from teachlab.jobs.context import LocalContext
+from teachlab.tasks.model import Example, Task
+
+PREFILL = "<Question_4><input>"
+
+# ---------------------------------------------------------------- parse_questions
+
+
+def test_parses_well_formed_blocks_with_prefill() -> None:
+    text = (
+        "Messi scored a hat-trick</input><target>plausible</target></Question_4>\n"
+        "<Question_5><input>LeBron hit a home run</input><target>implausible</target>"
+        "</Question_5>"
+    )
+    questions, reasons = parse_questions(text, PREFILL)
+    assert [(q.input, q.target, q.number) for q in questions] == [
+        ("Messi scored a hat-trick", "plausible", 4),
+        ("LeBron hit a home run", "implausible", 5),
+    ]
+    assert reasons == []
+
+
+def test_tolerates_missing_closing_tags_whitespace_and_chatter() -> None:
+    text = (
+        "  Kobe dunked  </input>\n<target> plausible </target>\n"
+        "Assistant: here is another one\n"
+        "<Question_5> <input>Brady threw a penalty kick</input><target>implausible</target>\n"
+        "<Question_6><input>Ovechkin scored a goal</input><target>plausible</target>"
+        "</Question_6> thanks!"
+    )
+    questions, reasons = parse_questions(text, PREFILL)
+    assert [q.input for q in questions] == [
+        "Kobe dunked",
+        "Brady threw a penalty kick",
+        "Ovechkin scored a goal",
+    ]
+    assert [q.target for q in questions] == ["plausible", "implausible", "plausible"]
+    assert reasons == []
+
+
+def test_missing_target_close_is_accepted_only_when_the_block_is_closed() -> None:
+    text = "A</input><target>plausible</Question_4><Question_5><input>B</input><target>implaus"
+    blocks = parse_question_blocks(text, PREFILL)
+    assert blocks[0].question is not None and blocks[0].question.target == "plausible"
+    assert blocks[1].question is None and "unclosed final block" in blocks[1].reason
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "unclosed final block"),
+        ("Messi scored", "unclosed final block"),
+        ("Messi scored</input>", "unclosed final block"),
+        ("Messi</input><target></target></Question_4>", "empty target"),
+        ("</input><target>plausible</target></Question_4>", "empty input"),
+        ("Messi</input></Question_4>", "no <target>"),
+        ("Messi</input><target>a\nb</target></Question_4>", "several lines"),
+        ("x <input>y</input><target>z</target></Question_4>", "tags inside"),
+    ],
+)
+def test_malformed_blocks_are_rejected_with_a_reason(text: str, reason: str) -> None:
+    questions, reasons = parse_questions(text, PREFILL)
+    assert questions == []
+    assert len(reasons) == 1 and reason in reasons[0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "I cannot help with that.",
+        "<Question>no number</Question>",
+        "<input>orphan</input><target>t</target>",
+        "<<<<>>>> </input></target> <Question_",
+        "\x00\x01 binary junk \uffff",
+    ],
+)
+def test_output_without_blocks_gives_one_reason_and_no_exception(text: str) -> None:
+    questions, reasons = parse_questions(text, "")
+    assert questions == []
+    assert reasons == ["no <Question_k> block in the output"]
+
+
+def test_blocks_running_into_each_other_are_split_not_merged() -> None:
+    # Real gemma output: the next block starts inside the input of the first.
+    text = (
+        "Jonas runs next to Jordan\n<Question_5> see is your roommate</input>"
+        "<target>plausible</target></Question_4>"
+    )
+    questions, reasons = parse_questions(text, PREFILL)
+    assert questions == []
+    assert len(reasons) == 2
+
+
+def test_parser_never_raises_on_random_tag_soup() -> None:
+    rng = random.Random(0)
+    pieces = ["<Question_4>", "<input>", "</input>", "<target>", "</target>", "</Question_4>"]
+    pieces += ["<Question_", "plausible", "\n", " ", "x", "<", ">", "/"]
+    for _ in range(500):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        questions, reasons = parse_questions(text, rng.choice(["", PREFILL]))
+        for q in questions:
+            assert q.input and q.target and "<input>" not in q.input
+        assert isinstance(reasons, list)
+
+
+# ---------------------------------------------------------------- parse_rationale
+
+
+def test_rationale_answer_is_the_last_tag_and_text_after_it_is_dropped() -> None:
+    text = "First <ans>A</ans> no wait, it is <ans> B </ans>\nUser: next question"
+    rationale, answer, reason = parse_rationale(text)
+    assert answer == "B"
+    assert rationale == "First <ans>A</ans> no wait, it is <ans> B </ans>"
+    assert reason == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "answer", "reason"),
+    [
+        ("Messi is a footballer, so <ans>plausible", "plausible", "unclosed <ans>"),
+        ("It is plausible.", None, "no <ans>…</ans> answer"),
+        ("<ans></ans>", None, "empty <ans></ans>"),
+        ("   ", None, "empty output"),
+        ("so <ANS>implausible</ANS>", "implausible", ""),
+    ],
+)
+def test_rationale_edge_cases(text: str, answer: str | None, reason: str) -> None:
+    _, got, why = parse_rationale(text)
+    assert (got, why) == (answer, reason)
+
+
+# ---------------------------------------------------------------- targets
+
+
+SPORTS = Task(
+    "sports",
+    "Determine whether a sentence about sports is plausible or implausible",
+    tuple(
+        Example(
+            f"sentence {i}", "plausible" if i % 2 else "implausible", ("plausible", "implausible")
+        )
+        for i in range(12)
+    ),
+    "test",
+)
+DATES = Task(
+    "dates",
+    "Infer the date from context",
+    tuple(
+        Example(f"q{i}", f"0{i % 9 + 1}/01/2021", (f"0{i % 9 + 1}/01/2021", "12/31/1999"))
+        for i in range(12)
+    ),
+    "test",
+)
+NUMBERS = Task("numbers", "Count", tuple(Example(f"n{i}", str(i)) for i in range(12)), "test")
+
+
+def test_shared_label_set_becomes_the_choices_and_target_is_canonicalised() -> None:
+    assert shared_labels(SPORTS) == ("plausible", "implausible")
+    assert shared_labels(DATES) == ()
+    check = check_target(SPORTS, "Messi scored\nOptions: plausible | implausible", " Plausible.")
+    assert (check.input, check.target, check.choices, check.flags) == (
+        "Messi scored",
+        "plausible",
+        ("plausible", "implausible"),
+        (),
+    )
+    bad = check_target(SPORTS, "Messi scored", "maybe")
+    assert bad.flags == ("target-not-in-choices",)
+    assert "maybe" in bad.reason and "plausible | implausible" in bad.reason
+
+
+def test_bbh_style_letter_labels_match_with_or_without_parentheses() -> None:
+    letters = ("(A)", "(B)", "(C)")
+    task = Task(
+        "mc", "", tuple(Example(f"q{i} (A) x (B) y (C) z", "(A)", letters) for i in range(12)), "t"
+    )
+    assert check_target(task, "q (A) 1 (B) 2 (C) 3", "B").target == "(B)"
+    assert check_target(task, "q (A) 1 (B) 2 (C) 3", "(D)").flags == ("target-not-in-choices",)
+
+
+def test_per_example_choices_come_from_the_drafts_options_line() -> None:
+    ok = check_target(DATES, "Today is 01/01/2021.\nOptions: 01/02/2021 | 12/31/2020", "12/31/2020")
+    assert ok.choices == ("01/02/2021", "12/31/2020") and ok.flags == ()
+    assert ok.input == "Today is 01/01/2021."
+    assert check_target(DATES, "Today is 01/01/2021.", "01/02/2021").flags == ("no-options",)
+    kept = check_target(DATES, "x\nOptions: a | b", "a", strip_options=False)
+    assert kept.input == "x\nOptions: a | b"
+
+
+def test_numeric_and_free_form_targets() -> None:
+    assert check_target(NUMBERS, "How many?", "1,024").flags == ()
+    assert check_target(NUMBERS, "How many?", "many").flags == ("target-not-numeric",)
+    free = Task("free", "", tuple(Example(f"w{i}", f"word {i}") for i in range(12)), "t")
+    assert check_target(free, "sort these", "a b c").flags == ()
+    assert check_target(free, "sort these", "  ").flags == ("empty-target",)
+
+
+def test_seeds_differ_per_key_round_and_phase_and_are_stable() -> None:
+    seeds = {
+        derive_seed(s, r, p, k)
+        for s in (0, 1)
+        for r in (0, 1)
+        for p in ("draft", "tailored")
+        for k in ("q:0", "q:1")
+    }
+    assert len(seeds) == 16
+    assert derive_seed(3, 1, "draft", "q:7") == derive_seed(3, 1, "draft", "q:7")
+
+
+# ---------------------------------------------------------------- DB stages (fake teacher)
+
+
+def _words(rng: random.Random, n: int) -> str:
+    return " ".join("".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(n))
+
+
+class FakeTeacher:
+    """Deterministic outputs from the request key: ``good`` well-formed questions, one block
+    with a bad target, and (for rationales) a rationale with an answer. Fails after ``fail_after``
+    completions when set, to simulate a crash."""
+
+    name = "fake"
+
+    def __init__(self, good: int = 2, fail_after: int | None = None, copy: str = "") -> None:
+        self.good, self.fail_after, self.copy = good, fail_after, copy
+        self.calls: list[str] = []
+        self.tokenizer = PlainTokenizer()
+        self.adapter_hash = None
+
+    def generate(self, requests: Sequence[GenRequest]) -> Iterator[tuple[GenRequest, str]]:
+        for request in requests:
+            if self.fail_after is not None and len(self.calls) >= self.fail_after:
+                raise RuntimeError("teacher crashed")
+            self.calls.append(request.key)
+            rng = random.Random(f"{request.key}:{request.seed}")
+            if request.key.startswith("q:"):
+                blocks = [
+                    f"<Question_{4 + j}><input>{self.copy or _words(rng, 5)}</input>"
+                    f"<target>{rng.choice(['plausible', 'Implausible'])}</target></Question_{4 + j}>"
+                    for j in range(self.good)
+                ]
+                blocks.append(f"<Question_{4 + self.good}><input>x</input><target>maybe</target>")
+                text = "\n".join(blocks)
+                yield request, text[len(PREFILL) :] if request.prompt.endswith(PREFILL) else text
+            else:
+                yield request, f" {_words(rng, 4)} so <ans>plausible</ans>\nUser: more"
+
+    def close(self) -> None:
+        return None
+
+
+class PlainTokenizer:
+    """Renders the plain "User:/Assistant:" template (pure string work, no model needed)."""
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize):  # type: ignore[no-untyped-def]
+        from jinja2 import Template
+
+        from teachlab.models import PLAIN_CHAT_TEMPLATE
+
+        return Template(PLAIN_CHAT_TEMPLATE).render(
+            messages=messages, add_generation_prompt=add_generation_prompt
+        )
+
+
+def _make_round(db: Path, tmp: Path, **config: object) -> int:
+    rows = [
+        {
+            "input": f"{_words(random.Random(i), 4)}",
+            "target": "plausible" if i % 2 else "implausible",
+            "choices": ["plausible", "implausible"],
+        }
+        for i in range(20)
+    ]
+    path = tmp / "sports.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = StudyConfig.from_dict({"n_questions": 5, "questions_per_call": 3, **config}).to_dict()
+    with write_session(db) as session:
+        study = Study(
+            name="s",
+            task_ref=f"file:{path}",
+            teacher="fake",
+            student="fake",
+            seed=7,
+            config=cfg,
+            splits={"seed": [0, 1, 2], "probe": [3, 4, 5, 6], "test": list(range(7, 20))},
+        )
+        session.add(study)
+        session.flush()
+        rnd = Round(study_id=study.id, index=0, teacher="fake", student="fake")
+        session.add(rnd)
+        session.flush()
+        return rnd.id  # type: ignore[return-value]
+
+
+def _drafts(db: Path, **where: object) -> list[Draft]:
+    with read_session(db) as session:
+        query = select(Draft)
+        for name, value in where.items():
+            query = query.where(getattr(Draft, name) == value)
+        return list(session.exec(query.order_by(Draft.id)).all())
+
+
+def test_question_stage_stores_every_block_and_stops_at_the_wanted_count(
+    db_path: Path, tmp_path: Path
+) -> None:
+    round_id = _make_round(db_path, tmp_path)
+    teacher = FakeTeacher(good=2)
+    ctx = LocalContext(db_path=db_path)
+    result = run_draft_questions(ctx, round_id, teacher)
+    rows = _drafts(db_path, kind="question")
+    # 5 wanted, 2 good per call: one wave of 2 calls (4 ok), then one more call.
+    assert teacher.calls == ["q:0", "q:1", "q:2"]
+    assert [r.idem_key for r in rows[:3]] == ["q:0:0", "q:0:1", "q:0:2"]
+    assert result["total_ok"] == 6 and result["rejected"] == 3
+    ok = [r for r in rows if r.status == "ok"]
+    assert all(r.choices == ["plausible", "implausible"] for r in ok)
+    assert {r.target for r in ok} <= {"plausible", "implausible"}  # "Implausible" canonicalised
+    bad = [r for r in rows if r.status == "rejected"]
+    assert all("'maybe' is not one of" in r.reason for r in bad)
+    first = rows[0]
+    assert first.prompt.endswith("Assistant:" + PREFILL) and first.prefill == PREFILL
+    assert first.template_version == prompts.TEMPLATE_VERSIONS["question"] == "question@1"
+    assert first.sampling["seed"] == derive_seed(7, 0, "draft", "q:0")
+    assert ctx.events[-1][:2] == (5, 5)
+
+
+def test_resume_makes_no_new_rows_and_never_calls_the_teacher_for_done_keys(
+    db_path: Path, tmp_path: Path
+) -> None:
+    round_id = _make_round(db_path, tmp_path)
+    ctx = LocalContext(db_path=db_path)
+    run_draft_questions(ctx, round_id, FakeTeacher())
+    run_draft_rationales(ctx, round_id, FakeTeacher())
+    before = [(d.id, d.idem_key) for d in _drafts(db_path)]
+    again = FakeTeacher()
+    run_draft_questions(ctx, round_id, again)
+    run_draft_rationales(ctx, round_id, again)
+    assert again.calls == []
+    assert [(d.id, d.idem_key) for d in _drafts(db_path)] == before
+
+
+def test_a_crash_mid_stage_resumes_without_recomputing(db_path: Path, tmp_path: Path) -> None:
+    round_id = _make_round(db_path, tmp_path, n_questions=8)
+    ctx = LocalContext(db_path=db_path)
+    crashing = FakeTeacher(fail_after=2)
+    with pytest.raises(RuntimeError, match="teacher crashed"):
+        run_draft_questions(ctx, round_id, crashing)
+    assert {d.idem_key.rsplit(":", 1)[0] for d in _drafts(db_path)} == {"q:0", "q:1"}
+    resumed = FakeTeacher()
+    run_draft_questions(ctx, round_id, resumed)
+    assert "q:0" not in resumed.calls and "q:1" not in resumed.calls
+    # Same outputs as an uninterrupted run: the fake is deterministic per key and seed.
+    fresh_db = tmp_path / "fresh.db"
+    from teachlab.db import init_db
+
+    init_db(fresh_db)
+    fresh_round = _make_round(fresh_db, tmp_path, n_questions=8)
+    run_draft_questions(LocalContext(db_path=fresh_db), fresh_round, FakeTeacher())
+
+    def content(db: Path) -> list[tuple[str, str | None, str]]:
+        return [(d.idem_key, d.input, d.status) for d in _drafts(db, kind="question")]
+
+    assert sorted(content(db_path)) == sorted(content(fresh_db))
+
+
+def test_copies_of_probe_items_and_repeats_are_marked_duplicate(
+    db_path: Path, tmp_path: Path
+) -> None:
+    round_id = _make_round(db_path, tmp_path, n_questions=2)
+    probe_text = _words(random.Random(4), 4)  # the input of example 4, a probe item
+    run_draft_questions(
+        LocalContext(db_path=db_path), round_id, FakeTeacher(copy=probe_text.upper())
+    )
+    rows = [r for r in _drafts(db_path, kind="question") if r.input]
+    dupes = [r for r in rows if r.status == "duplicate"]
+    assert dupes and all("probe item 4" in r.reason for r in dupes)
+    assert not [r for r in rows if r.status == "ok"]
+
+
+def test_a_teacher_that_never_parses_stops_at_the_call_cap(db_path: Path, tmp_path: Path) -> None:
+    round_id = _make_round(db_path, tmp_path, n_questions=3)
+    teacher = FakeTeacher(good=0)
+    ctx = LocalContext(db_path=db_path)
+    result = run_draft_questions(ctx, round_id, teacher)
+    assert len(teacher.calls) == 4  # 4 x ceil(3 / 3)
+    assert result["total_ok"] == 0 and any(
+        "Stopped after 4 teacher calls" in line for line in ctx.lines
+    )
+
+
+def test_rationales_one_per_strategy_with_answers_and_flags(db_path: Path, tmp_path: Path) -> None:
+    round_id = _make_round(db_path, tmp_path, n_rationales=2)
+    ctx = LocalContext(db_path=db_path)
+    run_draft_questions(ctx, round_id, FakeTeacher())
+    result = run_draft_rationales(ctx, round_id, FakeTeacher())
+    questions = _drafts(db_path, kind="question", status="ok")
+    rationales = _drafts(db_path, kind="rationale")
+    assert result["ok"] == len(rationales) == 2 * len(questions)
+    assert {r.strategy for r in rationales} == {"expert", "rules"}
+    r = rationales[0]
+    assert r.idem_key == f"r:{r.parent_id}:{r.strategy}" and r.answer == "plausible"
+    assert r.rationale.endswith("<ans>plausible</ans>") and "User:" not in r.rationale
+    assert r.template_version == "rationale@1" and r.sampling["temperature"] == 0.7
+    parent = next(q for q in questions if q.id == r.parent_id)
+    assert ("answer-disagrees-with-target" in r.flags) == (parent.target != "plausible")
+    assert "You are a world-class expert in sports." in r.prompt
+
+
+def test_tailored_rationales_use_the_erased_prompt_byte_for_byte(
+    db_path: Path, tmp_path: Path
+) -> None:
+    round_id = _make_round(db_path, tmp_path, n_tailored=3)
+    ctx = LocalContext(db_path=db_path)
+    run_draft_questions(ctx, round_id, FakeTeacher(), phase="tailored")
+    run_draft_rationales(ctx, round_id, FakeTeacher(), phase="tailored")
+    rationales = _drafts(db_path, kind="rationale", phase="tailored")
+    assert rationales and all(r.strategy == "erased" for r in rationales)
+    assert all(r.sampling["temperature"] == 0.0 for r in rationales)
+    with read_session(db_path) as session:
+        rnd = session.get(Round, round_id)
+        study = session.get(Study, rnd.study_id)
+        for r in rationales:
+            question = session.get(Draft, r.parent_id)
+            assert question.phase == "tailored"
+            erased = prompts.plain_prompt_for(study, rnd, question, PlainTokenizer())
+            assert erased == r.prompt
+            assert "Let's think step by step." in erased and "expert" not in erased
+    assert not _drafts(db_path, phase="draft")
+
+
+def test_question_completion_continues_the_stored_prompt(db_path: Path, tmp_path: Path) -> None:
+    round_id = _make_round(db_path, tmp_path)
+    run_draft_questions(LocalContext(db_path=db_path), round_id, FakeTeacher())
+    q = _drafts(db_path, kind="question", status="ok")[0]
+    completion = prompts.question_completion_for(q)
+    assert completion == (
+        f"{q.input}\nOptions: plausible | implausible</input><target>{q.target}</target></Question_4>"
+    )
+    parsed, _ = parse_questions(completion, q.prefill)
+    assert parsed[0].target == q.target
+
+
+# ---------------------------------------------------------------- the real teacher (slow)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The bundled teacher behind the transformers backend, loaded once for the module."""
+    import os
+
+    import torch
+
+    from teachlab.backends.hf import HFBackend
+    from teachlab.models import load
+    from teachlab.settings import Settings
+
+    torch.set_num_threads(2)
+    root = Path(__file__).resolve().parents[1] / "storage"
+    settings = Settings(
+        storage=tmp_path_factory.mktemp("teacher"),
+        model_cache=Path(os.environ.get("TEACHLAB_TEST_MODEL_CACHE", root / "models")),
+        offline=True,
+    )
+    loaded = load("bundled:gemma-3-270m", settings=settings)
+    return HFBackend(loaded.ref, loaded=loaded, batch_size=6)
+
+
+@pytest.mark.slow
+def test_real_teacher_output_parses_without_errors_and_prefill_helps(teacher: object) -> None:
+    seeds = [
+        {"input": "Jamal Murray was perfect from the line", "target": "plausible"},
+        {"input": "Sam Darnold passed the puck", "target": "implausible"},
+        {"input": "Mookie Betts hit a home run", "target": "plausible"},
+    ]
+    seeds = [
+        {**s, "input": prompts.question_text(s["input"], ["plausible", "implausible"])}
+        for s in seeds
+    ]
+    messages = prompts.question_messages("sports_understanding", SPORTS.description, seeds, 3)
+    parsed = {}
+    for prefill in ("", PREFILL):
+        prompt = prompts.render_chat(teacher.tokenizer, messages, prefill)  # type: ignore[attr-defined]
+        requests = [
+            GenRequest(
+                f"q:{i}",
+                prompt,
+                0.7,
+                80,
+                derive_seed(0, 0, "draft", f"q:{i}"),
+                prompts.question_stops(3, 3),
+            )
+            for i in range(6)
+        ]
+        outputs = [text for _, text in teacher.generate(requests)]  # type: ignore[attr-defined]
+        found = [parse_questions(text, prefill) for text in outputs]
+        assert all(reasons or questions for questions, reasons in found)
+        parsed[prefill] = sum(len(questions) for questions, _ in found)
+    assert parsed[PREFILL] >= parsed[""] and parsed[PREFILL] > 0
+
+
+@pytest.mark.slow
+def test_real_teacher_drafts_are_reproducible(teacher: object, tmp_path: Path) -> None:
+    from teachlab.db import init_db
+
+    texts = []
+    for name in ("a.db", "b.db"):
+        db = init_db(tmp_path / name)
+        round_id = _make_round(
+            db, tmp_path, n_questions=2, questions_per_call=2, n_rationales=1, max_new_tokens=32
+        )
+        ctx = LocalContext(db_path=db)
+        run_draft_questions(ctx, round_id, FakeTeacher())
+        run_draft_rationales(ctx, round_id, teacher)  # type: ignore[arg-type]
+        rows = _drafts(db, kind="rationale")
+        assert len(rows) == 2 and all(
+            r.sampling["backend"] == "transformers:bundled:gemma-3-270m" for r in rows
+        )
+        texts.append([(r.idem_key, r.raw_output) for r in rows])
+    assert texts[0] == texts[1]
