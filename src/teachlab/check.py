@@ -26,11 +26,13 @@ SAMPLE_DEMOS = 24
 def stage_check(ctx: RunContext, run: Run) -> dict[str, Any]:
     from teachlab import models
     from teachlab.pipeline import load_round, probes_for, study_task
+    from teachlab.probes import ensure_probes
     from teachlab.score import Demo, Scorer
     from teachlab.signalcheck import signal_check
 
     study, rnd, cfg = load_round(run, ctx.db_path)
     task = study_task(study)
+    study = ensure_probes(ctx, study, task, cfg.probe_selection, cfg.n_probe)
     probe_idx = list(study.splits["probe"])
     probes = probes_for(task, probe_idx)
     student = models.load(rnd.student, rnd.student_adapter)

@@ -426,12 +426,12 @@ def demo(
     Example: teachlab demo
     """
     from teachlab.errors import NotFoundError
-    from teachlab.studies import DEMO_TASK, create_study, get_study
+    from teachlab.studies import DEMO_CONFIG, DEMO_TASK, create_study, get_study
 
     try:
         study = get_study(name)
     except NotFoundError:
-        study = create_study(name, DEMO_TASK, seed=0)
+        study = create_study(name, DEMO_TASK, seed=0, config=DEMO_CONFIG)
         typer.echo(f"Created study {study.name!r} on {study.task_ref}", err=True)
     raise typer.Exit(_run_foreground(study.name, "round"))
 

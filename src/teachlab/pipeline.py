@@ -135,8 +135,11 @@ def stage_score(ctx: RunContext, run: Run) -> dict[str, Any]:
     from teachlab import models
     from teachlab.score import Demo, Scorer, accuracy, mean_margin
 
+    from teachlab.probes import ensure_probes
+
     study, rnd, cfg = load_round(run, ctx.db_path)
     task = study_task(study)
+    study = ensure_probes(ctx, study, task, cfg.probe_selection, cfg.n_probe)
     probes = probes_for(task, list(study.splits["probe"]))
     mode = cfg.scorer
     with read_session(ctx.db_path) as session:

@@ -23,6 +23,18 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 DEMO_NAME = "demo"
 # A task where the bundled student is above chance (date_understanding: 6 options).
 DEMO_TASK = "bigbench:date_understanding"
+# Small enough for a whole round in minutes on a 2-core CPU. Pairs use the gold-answer margin:
+# a 135M student's probe accuracy often ties between drafts, and ties make no pairs.
+DEMO_CONFIG: dict[str, Any] = {
+    "n_questions": 8,
+    "n_rationales": 2,
+    "n_probe": 16,
+    "n_test": 24,
+    "n_tailored": 4,
+    "dpo_max_steps": 4,
+    "sft_max_steps": 4,
+    "pair_metric": "margin",
+}
 
 
 @dataclass(frozen=True)
@@ -208,6 +220,7 @@ def ensure_demo_study(db_path: Path | None = None) -> Study | None:
         DEMO_NAME,
         DEMO_TASK,
         seed=0,
+        config=DEMO_CONFIG,
         description="Demo: the bundled Gemma 3 270M teaches the bundled SmolLM2-135M "
         "date understanding (BIG-bench).",
         guidelines="Prefer the draft whose question is well-formed, whose target is correct, and "
