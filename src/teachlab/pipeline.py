@@ -133,9 +133,8 @@ def stage_regenerate(ctx: RunContext, run: Run) -> dict[str, Any]:
 def stage_score(ctx: RunContext, run: Run) -> dict[str, Any]:
     """Score every ok rationale draft on the probe set; question score = mean of rationales."""
     from teachlab import models
-    from teachlab.score import Demo, Scorer, accuracy, mean_margin
-
     from teachlab.probes import ensure_probes
+    from teachlab.score import Demo, Scorer, accuracy, mean_margin
 
     study, rnd, cfg = load_round(run, ctx.db_path)
     task = study_task(study)

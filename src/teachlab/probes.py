@@ -77,9 +77,9 @@ def select_probes_irt(ctx: StageContext, study: Study, task: Task, n_probe: int)
     fit = fit_2pl(matrix, seed=study.seed)
     chosen = sorted(pool[j] for j in select_items(fit, n_probe))
     save_probes(
-        study.id,
+        study.id,  # type: ignore[arg-type]
         chosen,
-        {  # type: ignore[arg-type]
+        {
             "method": "irt",
             "pool": pool,
             "subjects": [f"{r}@{k}-shot" for r in refs for k in shots],
