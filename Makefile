@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := .make
+LINT   := src pages tests app.py $(wildcard benchmarks experiments)
 export TEACHLAB_STORAGE ?= $(CURDIR)/storage
 
 .PHONY: run test test-fast install data models browser lint format bench demo clean
@@ -39,13 +40,13 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 lint: install
-	$(BIN)/ruff check src pages tests app.py benchmarks
-	$(BIN)/ruff format --check src pages tests app.py benchmarks
+	$(BIN)/ruff check $(LINT)
+	$(BIN)/ruff format --check $(LINT)
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format src pages tests app.py benchmarks
-	$(BIN)/ruff check --fix src pages tests app.py benchmarks
+	$(BIN)/ruff format $(LINT)
+	$(BIN)/ruff check --fix $(LINT)
 
 demo: install data models
 	$(BIN)/teachlab demo
