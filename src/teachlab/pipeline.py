@@ -316,7 +316,7 @@ def stage_pairs(ctx: RunContext, run: Run) -> dict[str, Any]:
             pairs.Candidate(
                 draft_id=d.id,  # type: ignore[arg-type]
                 prompt=plain_prompt_for(study, rnd, q, tokenizer),
-                text=d.raw_output,
+                text=d.rationale or d.raw_output,  # cut after its last </ans>
                 score=score_of(d),
                 label=d.answer,
                 level="rationale",

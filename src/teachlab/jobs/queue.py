@@ -76,7 +76,12 @@ def _run_task(run_id: int) -> None:
             stdout=out,
             stderr=subprocess.STDOUT,
             # Same process group as the worker: stopping the worker's group stops its runs.
-            env={**os.environ, "TEACHLAB_STORAGE": str(settings.storage)},
+            # Passive OpenMP waiting: spinning threads starve everything else on a shared CPU.
+            env={
+                "OMP_WAIT_POLICY": "PASSIVE",
+                **os.environ,
+                "TEACHLAB_STORAGE": str(settings.storage),
+            },
         )
         cancel_seen: float | None = None
         while proc.poll() is None:
