@@ -33,16 +33,19 @@ from tests.conftest import bigbench_available
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not bigbench_available(), reason="run `teachlab data fetch` first"),
+    pytest.mark.skipif(
+        not bigbench_available("sports_understanding"), reason="run `teachlab data fetch` first"
+    ),
 ]
 
+# Short questions: the tiny base teacher writes parseable ones within the default token budget.
+TASK = "bigbench:sports_understanding"
 TINY = {
     "n_questions": 4,
     "n_rationales": 2,
     "n_probe": 8,
     "n_test": 12,
     "n_tailored": 2,
-    "max_new_tokens": 96,
     "dpo_max_steps": 2,
     "sft_max_steps": 2,
     "save_steps": 1,
@@ -81,7 +84,7 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
 
 
 def test_a_whole_round_on_the_bundled_models(storage: Path) -> None:
-    study = create_study("round", "bigbench:date_understanding", config=TINY)
+    study = create_study("round", TASK, config=TINY)
     rnd = current_round(study.id)  # type: ignore[arg-type]
     final = execute(runs.create_run(study.id, "round", round_id=rnd.id).id)  # type: ignore[arg-type]
     assert final.status == "succeeded", final.error
@@ -132,7 +135,7 @@ def test_a_whole_round_on_the_bundled_models(storage: Path) -> None:
 
 
 def test_kill_mid_scoring_loses_nothing_finished(storage: Path) -> None:
-    study = create_study("kill-score", "bigbench:date_understanding", config=TINY)
+    study = create_study("kill-score", TASK, config=TINY)
     assert execute(run_stage(study.id, "draft").id).status == "succeeded"  # type: ignore[arg-type]
     score = run_stage(study.id, "score")  # type: ignore[arg-type]
     proc = spawn_exec(score.id, storage)  # type: ignore[arg-type]
@@ -157,7 +160,7 @@ def test_kill_mid_scoring_loses_nothing_finished(storage: Path) -> None:
 
 def test_kill_mid_training_resumes_from_the_last_checkpoint(storage: Path) -> None:
     config = {**TINY, "dpo_max_steps": 4, "dpo_batch_size": 2}
-    study = create_study("kill-align", "bigbench:date_understanding", config=config)
+    study = create_study("kill-align", TASK, config=config)
     rnd = current_round(study.id)  # type: ignore[arg-type]
     with write_session() as session:
         for i in range(8):
@@ -194,7 +197,7 @@ def test_kill_mid_training_resumes_from_the_last_checkpoint(storage: Path) -> No
 def test_the_worker_executes_a_queued_run(storage: Path) -> None:
     from teachlab.jobs import queue
 
-    study = create_study("worker", "bigbench:date_understanding", config={**TINY, "n_test": 6})
+    study = create_study("worker", TASK, config={**TINY, "n_test": 6})
     rnd = current_round(study.id)  # type: ignore[arg-type]
     run = queue.submit(study.id, "evaluate", round_id=rnd.id)  # type: ignore[arg-type]
     worker = subprocess.Popen(

@@ -34,6 +34,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "dpo_max_steps": 4,
     "sft_max_steps": 4,
     "pair_metric": "margin",
+    "max_new_tokens": 256,  # a date question with its six options takes ~100 tokens
 }
 
 
