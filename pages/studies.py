@@ -71,7 +71,11 @@ def build(state: AppState, current_study: gr.State) -> None:
         "Select one to work on it in the other pages."
     )
     with gr.Row():
-        pick = gr.Dropdown(study_choices(), label="Current study", scale=3, interactive=True)
+        # value=None: nothing is selected until the user picks (the current-study state starts
+        # empty; a preselected first study would show as chosen while no page had it).
+        pick = gr.Dropdown(
+            study_choices(), value=None, label="Current study", scale=3, interactive=True
+        )
         refresh = gr.Button("Refresh", scale=0)
     table = gr.Dataframe(studies_frame(), interactive=False, label="All studies", wrap=True)
 
@@ -184,4 +188,6 @@ def build(state: AppState, current_study: gr.State) -> None:
         return studies_frame(), gr.Dropdown(choices=study_choices(), value=study_id)
 
     refresh.click(do_refresh, [current_study], [table, pick], api_name="list_studies")
+    # On every page load, so a study made since the app started (the CLI, another tab) is listed.
+    gr.on(None, lambda: do_refresh(None), None, [table, pick], api_visibility="private")
     pick.change(lambda v: v, [pick], [current_study], api_name="select_study")

@@ -495,7 +495,7 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> object:
         offline=True,
     )
     loaded = load("bundled:gemma-3-270m", settings=settings)
-    return HFBackend(loaded.ref, loaded=loaded, batch_size=6)
+    return HFBackend(loaded.ref, loaded=loaded, batch_size=4)
 
 
 @pytest.mark.slow
@@ -518,11 +518,11 @@ def test_real_teacher_output_parses_without_errors_and_prefill_helps(teacher: ob
                 f"q:{i}",
                 prompt,
                 0.7,
-                80,
+                64,
                 derive_seed(0, 0, "draft", f"q:{i}"),
                 prompts.question_stops(3, 3),
             )
-            for i in range(6)
+            for i in range(4)
         ]
         outputs = [text for _, text in teacher.generate(requests)]  # type: ignore[attr-defined]
         found = [parse_questions(text, prefill) for text in outputs]

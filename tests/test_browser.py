@@ -1,0 +1,370 @@
+"""The researcher's pages in a real headless Chromium against the real app on a free port: the
+review keyboard, live run progress, inert model output, roles, and the README's screenshots.
+
+Debian's Chromium drives the pages (Playwright's own browser download is not used); one browser
+serves the whole module and each test gets a fresh tab, its own storage and its own app.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+from seeding import Seeded, pair_status, running_run, seed_study
+from sqlmodel import select
+
+from teachlab import review, studies
+from teachlab.db import Draft, Metric, Pair, Run, read_session, write_session
+from teachlab.jobs import runs
+from teachlab.settings import get_settings
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path(os.environ.get("TEACHLAB_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+VIEWPORT: ViewportSize = {"width": 1280, "height": 900}
+SHOTS = ROOT / "docs" / "screenshots"
+PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=1">'
+# The Drafts, Scores and Review tabs refresh from their round picker when selected, and the
+# study change fills the picker: a tab selected before that change lands stays empty (its
+# refresh, sent with no round, answers last). The tests wait for the pickers to be filled.
+ROUND_PICKERS = ("#drafts-round", "#scores-round", "#review-round")
+WAIT_MS = 20_000  # two shared cores: a handler can take seconds while other work runs
+
+expect.set_options(timeout=WAIT_MS)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM} (make browser installs Debian's)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport=VIEWPORT)
+    fresh = context.new_page()
+    fresh.set_default_timeout(WAIT_MS)
+    yield fresh
+    context.close()
+
+
+@pytest.fixture
+def seeded(db_path: Path) -> Seeded:
+    return seed_study()
+
+
+@pytest.fixture
+def serve(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
+    """Start the app as ``launch`` does (same CSS and login), on a free port; returns its URL."""
+    from pages import CSS, auth_callback, build_app
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    apps = []
+
+    def start(auth: str | None = None) -> str:
+        if auth:
+            monkeypatch.setenv("TEACHLAB_AUTH", auth)
+        get_settings.cache_clear()
+        app = build_app()
+        app.queue(default_concurrency_limit=8)
+        port = free_port()
+        app.launch(
+            prevent_thread_lock=True,
+            server_port=port,
+            auth=auth_callback(get_settings()),
+            css=CSS,
+            quiet=True,
+        )
+        apps.append(app)
+        return f"http://127.0.0.1:{port}/"
+
+    yield start
+    for app in apps:
+        app.close()
+
+
+def open_study(
+    page: Page, url: str, seeded: Seeded, *, load: bool = True, settle: bool = True
+) -> None:
+    """Load the app and pick the study in the Studies page's dropdown, as a user does; with
+    ``settle``, wait until the pages with a round picker have taken it in (``ROUND_PICKERS``)."""
+    if load:
+        page.goto(url)
+    pick = page.get_by_role("combobox", name="Current study")
+    expect(pick).to_be_visible()
+    if settle:
+        for name in ("Drafts", "Scores", "Review"):  # a tab's components exist once shown
+            tab(page, name)
+        tab(page, "Studies")
+    pick.click()
+    page.get_by_role("option", name=f"#{seeded.study} {seeded.name}").click()
+    expect(pick).to_have_value(f"#{seeded.study} {seeded.name}")
+    current = f"Round {len(seeded.rounds) - 1} (open)"
+    for picker in ROUND_PICKERS if settle else ():
+        expect(page.locator(f"{picker} input")).to_have_value(current)
+
+
+def tab(page: Page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def first_proposed(round_id: int) -> Pair:
+    return review.queue(round_id, status="proposed", order="margin")[0]
+
+
+def test_a_key_press_decides_a_pair_and_the_decision_survives_a_reload(
+    page: Page, serve: Callable[..., str], seeded: Seeded
+) -> None:
+    url = serve()
+    total = len(seeded.pairs[seeded.current])
+    first = first_proposed(seeded.current)
+    open_study(page, url, seeded)
+    tab(page, "Review")
+    shown, progress = page.locator("#review-pair"), page.locator("#review-progress")
+    expect(shown).to_contain_text(f"Pair #{first.id}")
+    expect(progress).to_contain_text(f"Reviewed 0 / {total}")
+
+    # An "a" typed into the note box is text, not a decision; the same key outside it approves.
+    note = page.locator("#review-note textarea")
+    note.click()
+    page.keyboard.type("a")
+    expect(note).to_have_value("a")
+    page.get_by_role("heading", name="Review", exact=True).click()
+    page.keyboard.press("a")
+    expect(page.locator("#review-message")).to_contain_text(f"Pair #{first.id}: approved")
+    expect(progress).to_contain_text(f"Reviewed 1 / {total}")
+    assert pair_status(first.id) == "approved"  # type: ignore[arg-type]
+    events = review.history(first.id)  # type: ignore[arg-type]
+    assert [(e.annotator, e.action, e.note) for e in events] == [("local", "approve", "a")]
+
+    page.reload()
+    open_study(page, url, seeded)
+    tab(page, "Review")
+    expect(progress).to_contain_text(f"Reviewed 1 / {total}")
+    expect(shown).not_to_contain_text(f"Pair #{first.id} ")  # off the to-review queue
+    page.locator("#review-pair-id input").fill(str(first.id))
+    page.locator("#review-open").click()
+    expect(shown).to_contain_text(f"Pair #{first.id}")
+    expect(shown).to_contain_text("status approved")
+    expect(shown).to_contain_text("last decided by local (a)")
+
+
+def test_runs_page_follows_progress_without_a_reload(
+    page: Page, serve: Callable[..., str], seeded: Seeded
+) -> None:
+    run_id = running_run(seeded.study, seeded.current, "align", total=40)
+    runs.set_progress(run_id, 3, 40, "DPO step 3/40")
+    url = serve()
+    open_study(page, url, seeded, settle=False)  # the Runs page reads the study itself
+    tab(page, "Runs")
+    bar = page.locator("#runs-progress")
+    expect(bar).to_contain_text(f"Run #{run_id} · align · running")
+    expect(bar).to_contain_text("3/40")
+    page.evaluate("window.__sameDocument = true")
+
+    runs.set_progress(run_id, 17, 40, "DPO step 17/40")  # what the training process writes
+    expect(bar).to_contain_text("17/40 · 42%")
+    expect(bar).to_contain_text("DPO step 17/40")
+    expect(bar.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "42")
+    with write_session() as s:
+        s.add_all(Metric(run_id=run_id, step=i, name="loss", value=0.7 - i / 100) for i in (1, 2))
+    runs.finish(run_id, "succeeded")
+    expect(bar).to_contain_text(f"Run #{run_id} · align · succeeded")
+    assert page.evaluate("window.__sameDocument") is True
+
+
+def test_model_output_is_shown_as_text_and_never_runs(
+    page: Page, serve: Callable[..., str], seeded: Seeded
+) -> None:
+    bad = seeded.rejected_draft[seeded.current]
+    first = first_proposed(seeded.current)
+    with write_session() as s:
+        draft = s.get(Draft, bad)
+        draft.raw_output = PAYLOAD  # type: ignore[union-attr]
+        s.add(draft)
+        pair = s.get(Pair, first.id)
+        pair.chosen = PAYLOAD  # type: ignore[union-attr]
+        s.add(pair)
+    url = serve()
+    open_study(page, url, seeded)
+    tab(page, "Drafts")
+    page.get_by_role("combobox", name="Status").click()
+    page.get_by_role("option", name="rejected").click()
+    table = page.locator("#drafts-table")
+    expect(table.get_by_role("row")).to_have_count(2)  # the header and the parse failure
+    expect(table).to_contain_text(PAYLOAD)
+    page.locator("#drafts-id input").fill(str(bad))
+    page.locator("#drafts-show").click()
+    detail = page.locator("#drafts-detail")
+    expect(detail).to_contain_text(PAYLOAD)  # the literal text, on screen
+    tab(page, "Review")
+    shown = page.locator("#review-pair")
+    expect(shown).to_contain_text(f"Pair #{first.id}")
+    expect(shown).to_contain_text(PAYLOAD)
+    expect(page.locator("#review-edit-chosen textarea")).to_have_value(PAYLOAD)
+    page.wait_for_timeout(500)  # a failed <img> load fires late
+    assert page.locator("#drafts-detail img, #review-pair img, #drafts-table img").count() == 0
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+
+
+def login(page: Page, url: str, user: str) -> None:
+    page.goto(url)
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill("pw")
+    page.get_by_role("button", name="Login").click()
+    expect(page.get_by_role("combobox", name="Current study")).to_be_visible()
+
+
+def run_rows() -> list[tuple[int, str, str | None]]:
+    with read_session() as s:
+        return [(r.id, r.kind, r.requested_by) for r in s.exec(select(Run)).all()]  # type: ignore[misc]
+
+
+def test_an_annotator_cannot_launch_a_run_but_an_admin_can(
+    browser: Browser, page: Page, serve: Callable[..., str], seeded: Seeded
+) -> None:
+    url = serve(auth="admin:pw:admin,ann:pw:annotator")
+    before = run_rows()
+    login(page, url, "ann")
+    open_study(page, url, seeded, load=False, settle=False)
+    tab(page, "Runs")
+    page.get_by_role("button", name="Launch").click()
+    expect(page.get_by_text("Annotators can review pairs only")).to_be_visible()
+    assert run_rows() == before
+
+    # The same click by an admin queues a run (so the refusal above is about the role).
+    admin = browser.new_context(viewport=VIEWPORT).new_page()
+    try:
+        login(admin, url, "admin")
+        open_study(admin, url, seeded, load=False, settle=False)
+        tab(admin, "Runs")
+        admin.get_by_role("button", name="Launch").click()
+        expect(admin.locator("#runs-message")).to_contain_text("Queued run")
+    finally:
+        admin.context.close()
+    new = [r for r in run_rows() if r not in before]
+    assert [(kind, who) for _, kind, who in new] == [("round", "admin")]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def _shoot(page: Page, name: str, anchor: str) -> Path:
+    """Scroll ``anchor`` to the top, then save the 1280×900 viewport as docs/screenshots/."""
+    page.locator(anchor).first.evaluate("el => el.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(1000)  # plots draw once on screen, with a transition
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def _mid_training(seeded: Seeded) -> int:
+    """A DPO run half way: progress, curves so far and a log, as the Runs page shows it live."""
+    run_id = running_run(seeded.study, seeded.current, "align", total=40)
+    log = get_settings().runs_dir / f"run-{run_id:05d}" / "log.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["loading bundled:gemma-3-270m (LoRA r=16) on cpu", "12 approved pairs, 3 epochs"]
+    with write_session() as s:
+        for step in range(1, 25):
+            loss, margin = 0.69 - 0.011 * step, 0.018 * step
+            s.add(Metric(run_id=run_id, step=step, name="loss", value=loss))
+            s.add(Metric(run_id=run_id, step=step, name="rewards/margins", value=margin))
+            lines.append(f"step {step}/40 loss {loss:.3f} rewards/margins {margin:.3f}")
+        run = s.get(Run, run_id)
+        run.provenance = {"log": str(log)}  # type: ignore[union-attr]
+        s.add(run)
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    runs.set_progress(run_id, 24, 40, "DPO step 24/40")
+    return run_id
+
+
+def test_screenshots_of_every_page(page: Page, serve: Callable[..., str], seeded: Seeded) -> None:
+    studies.duplicate_study(seeded.study, "dates-margin-rule")
+    run_id = _mid_training(seeded)
+    url = serve()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    open_study(page, url, seeded)
+    page.get_by_text("Create a study").click()
+    expect(page.get_by_text("dates-margin-rule").filter(visible=True)).to_have_count(1)
+    shots = [_shoot(page, "studies", "[role=tablist]")]
+
+    tab(page, "Drafts")
+    expect(page.locator("#drafts-parse-rate")).to_contain_text("parsed")
+    rationale = seeded.drafts[seeded.current][2]
+    page.locator("#drafts-id input").fill(str(rationale))
+    page.locator("#drafts-show").click()
+    expect(page.locator("#drafts-detail")).to_contain_text(f"Draft #{rationale}")
+    shots.append(_shoot(page, "drafts", "#drafts-parse-rate"))
+
+    tab(page, "Scores")
+    expect(page.locator("#scores-baseline")).to_contain_text("Zero-shot baseline")
+    page.locator("#scores-id input").fill(str(rationale))
+    page.locator("#scores-show").click()
+    expect(page.locator("#scores-detail")).to_contain_text(f"Draft #{rationale}")
+    shots.append(_shoot(page, "scores", "[role=tablist]"))
+
+    tab(page, "Review")
+    pair = next(
+        p
+        for p in review.queue(seeded.current, order="margin")
+        if p.level == "rationale" and p.chosen.split("<ans>")[-1] != p.rejected.split("<ans>")[-1]
+    )
+    page.locator("#review-pair-id input").fill(str(pair.id))
+    page.locator("#review-open").click()
+    expect(page.locator("#review-pair")).to_contain_text(f"Pair #{pair.id}")
+    shots.append(_shoot(page, "review", "#review-keys"))
+
+    tab(page, "Runs")
+    expect(page.locator("#runs-progress")).to_contain_text(f"Run #{run_id} · align · running")
+    expect(page.locator("#runs-log")).to_contain_text("step 24/40")
+    shots.append(_shoot(page, "runs", "#runs-pick"))
+
+    tab(page, "Progress")
+    expect(page.locator("#progress-signal")).to_contain_text("Round 1")
+    shots.append(_shoot(page, "progress", "#progress-accuracy"))
+
+    tab(page, "Export")
+    page.get_by_role("button", name="Export", exact=True).click()
+    expect(page.get_by_text(re.compile(r"\d+ rows exported as"))).to_be_visible()
+    shots.append(_shoot(page, "export", "[role=tablist]"))
+
+    assert [p.stem for p in shots] == [
+        "studies",
+        "drafts",
+        "scores",
+        "review",
+        "runs",
+        "progress",
+        "export",
+    ]
+    assert all(_png_size(p) == (1280, 900) for p in shots)
