@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Annotated, Any
@@ -410,6 +411,9 @@ def run_resume(
 @run_app.command("exec", hidden=True)
 def run_exec(run_id: int) -> None:
     """Execute a queued run in this process (used by the worker)."""
+    # Model work yields to the web app: on 2 cores a run at normal priority pushes handler
+    # p95 latency from ~250 ms to ~600 ms (benchmarks/handler_latency.py).
+    os.nice(10)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from teachlab.jobs.executor import execute
 
