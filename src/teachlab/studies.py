@@ -21,8 +21,10 @@ from teachlab.settings import get_settings
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 DEMO_NAME = "demo"
-# A task where the bundled student is above chance (date_understanding: 6 options).
-DEMO_TASK = "bigbench:date_understanding"
+# Short questions the bundled 270M teacher can write in the tagged format (about 60% of blocks
+# parse at T=0.7 with prefill; on date_understanding almost none do). Run `teachlab check` to see
+# what the student can learn here.
+DEMO_TASK = "bigbench:sports_understanding"
 # Small enough for a whole round in minutes on a 2-core CPU. Pairs use the gold-answer margin:
 # a 135M student's probe accuracy often ties between drafts, and ties make no pairs.
 DEMO_CONFIG: dict[str, Any] = {
@@ -34,7 +36,6 @@ DEMO_CONFIG: dict[str, Any] = {
     "dpo_max_steps": 4,
     "sft_max_steps": 4,
     "pair_metric": "margin",
-    "max_new_tokens": 256,  # a date question with its six options takes ~100 tokens
 }
 
 
@@ -223,7 +224,7 @@ def ensure_demo_study(db_path: Path | None = None) -> Study | None:
         seed=0,
         config=DEMO_CONFIG,
         description="Demo: the bundled Gemma 3 270M teaches the bundled SmolLM2-135M "
-        "date understanding (BIG-bench).",
+        "sports understanding (BIG-bench).",
         guidelines="Prefer the draft whose question is well-formed, whose target is correct, and "
         "whose rationale reaches the target by valid steps. When both are bad, reject the pair.",
         db_path=db_path,
