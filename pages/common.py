@@ -77,3 +77,22 @@ def esc(text: object) -> str:
 def pre(text: object) -> str:
     """Untrusted text shown verbatim inside an HTML component."""
     return f"<pre class='tl-pre'>{esc(text)}</pre>"
+
+
+def when_round_chosen(
+    fn: Callable[..., Any], n_outputs: int, round_arg: int = 0
+) -> Callable[..., Any]:
+    """A tab-select handler that leaves the page alone while its round picker is still empty.
+
+    Selecting a study fills the picker a moment later; a tab opened in between would otherwise
+    answer "select a study first" after the study's own update and overwrite it.
+    """
+
+    @wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        if not args[round_arg]:
+            skipped = tuple(gr.skip() for _ in range(n_outputs))
+            return skipped if n_outputs > 1 else skipped[0]
+        return fn(*args)
+
+    return wrapper

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, pre, ui_errors
+from pages.common import AppState, esc, pre, ui_errors, when_round_chosen
 from pages.runs import live_timer
 from teachlab import views
 from teachlab.db import Draft
@@ -245,7 +245,7 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
     )
     refresh.click(refresh_list, [current_study, *filters], list_outputs, api_name="drafts_list")
     tab.select(
-        refresh_list,
+        when_round_chosen(refresh_list, len(list_outputs), round_arg=1),
         [current_study, *filters],
         list_outputs,
         api_name="drafts_tab",

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, pre, ui_errors
+from pages.common import AppState, esc, pre, ui_errors, when_round_chosen
 from teachlab import review, studies, views
 from teachlab.errors import ConfigError
 
@@ -429,7 +429,13 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         show_progress="hidden",
     )
     gr.on([w.input for w in filters], refresh, filters, view_outputs, api_name="review_queue")
-    tab.select(refresh, filters, view_outputs, api_name="review_tab", show_progress="hidden")
+    tab.select(
+        when_round_chosen(refresh, len(view_outputs)),
+        filters,
+        view_outputs,
+        api_name="review_tab",
+        show_progress="hidden",
+    )
     open_btn.click(open_pair, [*filters, pair_no], view_outputs, api_name="review_open")
     queue_table.select(select, filters, view_outputs, api_name="review_select")
 

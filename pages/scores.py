@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, pre, ui_errors
+from pages.common import AppState, esc, pre, ui_errors, when_round_chosen
 from teachlab import charts, views
 from teachlab.studies import current_round
 
@@ -152,6 +152,12 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
     )
     rnd.input(show_round, [rnd], outputs, api_name="scores_round")
     refresh.click(show_round, [rnd], outputs, api_name="scores_refresh")
-    tab.select(show_round, [rnd], outputs, api_name="scores_tab", show_progress="hidden")
+    tab.select(
+        when_round_chosen(show_round, len(outputs)),
+        [rnd],
+        outputs,
+        api_name="scores_tab",
+        show_progress="hidden",
+    )
     show_btn.click(show, [current_study, draft_id], [detail, probes], api_name="score_detail")
     table.select(select, [current_study], [draft_id, detail, probes], api_name="scores_select")
