@@ -59,6 +59,7 @@ YES_NO = ("plausible", "implausible")
         ("", YES_NO, ""),
         # the continuation ends where the student starts the next question
         (" Hmm.\nQuestion: is it plausible?\nAnswer: <ans>plausible</ans>", YES_NO, ""),
+        (" Hmm.\n\n Question: is it?\nAnswer: the answer is plausible", YES_NO, ""),
         # free-form: tag content, the rest after "answer is", or the first line, trimmed
         (" Count them. <ans> 42 </ans>", (), "42"),
         (" 3 + 4 = 7, so the answer is 7.", (), "7"),
@@ -276,7 +277,7 @@ def _assert_same(fast: list[ProbeOutcome], ref: list[ProbeOutcome]) -> None:
     [
         ("binary", []),  # the zero-shot baseline
         ("binary", _draft(3, None)),  # a demonstration without rationale
-        ("six", _draft(5, 30)),
+        ("six", _draft(5, 15)),
     ],
 )
 def test_loglik_fast_paths_match_the_reference(student: Any, shape: str, draft: list[Demo]) -> None:
@@ -352,4 +353,4 @@ def test_generate_fast_path_matches_plain_generate(student: Any) -> None:
         assert all(o.gold_logprob is None and o.margin is None for o in fast)
         for outcome, probe in zip(fast, probes, strict=True):
             assert outcome.predicted == extract_answer(outcome.output, probe.choices)
-            assert "\nQuestion:" not in outcome.output
+            assert "Question:" not in outcome.output

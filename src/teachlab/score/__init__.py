@@ -6,13 +6,14 @@ Two modes: ``loglik`` (choices ranked by log-likelihood) and ``generate`` (ARTE'
 from __future__ import annotations
 
 from teachlab.score.extract import answer_span, answers_match, extract_answer, truncate_output
-from teachlab.score.prompt import COT, MODES, STOP, Demo, Probe, PromptBuilder, render
+from teachlab.score.prompt import COT, MODES, STOP, STOP_STRINGS, Demo, Probe, PromptBuilder, render
 from teachlab.score.scorer import ProbeOutcome, Scorer, accuracy, mean_margin, question_score
 
 __all__ = [
     "COT",
     "MODES",
     "STOP",
+    "STOP_STRINGS",
     "Demo",
     "Probe",
     "ProbeOutcome",

@@ -96,15 +96,14 @@ def generate_batched(
     pad_id: int,
     eos_ids: Collection[int],
     max_new_tokens: int,
-    stop_text: str,
-    decode: Callable[[Sequence[int]], str],
+    stopped: Callable[[Sequence[int]], bool],
     batch_size: int,
     budget_bytes: int,
 ) -> list[list[int]]:
     """Greedy continuations of every prompt after the shared ``prefix`` (new tokens only).
 
-    A row stops at an end-of-sequence token (not kept) or once its text contains
-    ``stop_text``; finished rows leave the batch so the rest runs on fewer rows.
+    A row stops at an end-of-sequence token (not kept) or once ``stopped(its new tokens)``;
+    finished rows leave the batch so the rest runs on fewer rows.
     """
     device = device_of(model)
     kv_bytes = kv_bytes_per_token(model)
@@ -134,7 +133,7 @@ def generate_batched(
                 if token in eos_ids:
                     continue
                 outputs[i].append(token)
-                if stop_text not in decode(outputs[i]):
+                if not stopped(outputs[i]):
                     keep.append(row)
             if not keep or step + 1 == max_new_tokens:
                 break
@@ -158,7 +157,7 @@ def generate_reference(
     pad_id: int,
     eos_ids: Collection[int],
     max_new_tokens: int,
-    stop_text: str,
+    stop_strings: Sequence[str],
 ) -> list[int]:
     """Plain ``model.generate`` on the full prompt, greedy; returns the new tokens."""
     inputs = torch.tensor([list(ids)], device=device_of(model))
@@ -173,7 +172,7 @@ def generate_reference(
         no_repeat_ngram_size=0,
         eos_token_id=sorted(eos_ids),
         pad_token_id=pad_id,
-        stop_strings=[stop_text],
+        stop_strings=list(stop_strings),
         tokenizer=tokenizer,
     )
     return out[0, len(ids) :].tolist()

@@ -20,7 +20,8 @@ _EDGE_PUNCT = " \t\r\n.,;:!?\"'`*"
 
 def truncate_output(text: str) -> str:
     """Cut a continuation where the student starts the next ``Question:`` of the pattern."""
-    return text.split(STOP, 1)[0]
+    found = STOP.search(text)
+    return text[: found.start()] if found else text
 
 
 def answer_span(text: str) -> str:

@@ -6,6 +6,7 @@ path's cached prefix plus suffix and the reference's full prompt are the very sa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +15,10 @@ from teachlab.errors import ConfigError, DataError
 
 MODES = ("loglik", "generate")
 COT = "Let's think step by step."
-# Where a generated continuation ends: the student starts the next question of the pattern.
-STOP = "\nQuestion:"
+# Where a generated continuation ends: the student starts the next question of the pattern
+# (after a newline, maybe with spaces: "…</ans>\n\n Question:" was seen from SmolLM2).
+STOP = re.compile(r"\n[ \t]*Question:")
+STOP_STRINGS = ("\nQuestion:", "\n Question:")  # the same, for ``generate(stop_strings=…)``
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from teachlab.errors import ConfigError, DataError
 from teachlab.score.extract import answers_match, extract_answer, truncate_output
-from teachlab.score.prompt import MODES, STOP, Demo, Probe, PromptBuilder
+from teachlab.score.prompt import MODES, STOP, STOP_STRINGS, Demo, Probe, PromptBuilder
 
 if TYPE_CHECKING:
     from teachlab.score.loglik import CandidateScores
@@ -145,8 +145,7 @@ class Scorer:
             pad_id=self.pad_id,
             eos_ids=self.eos_ids,
             max_new_tokens=self.max_new_tokens,
-            stop_text=STOP,
-            decode=self._decode,
+            stopped=self._stopped,
             batch_size=self.batch_size,
             budget_bytes=self.cache_budget_bytes,
         )
@@ -174,7 +173,7 @@ class Scorer:
                     pad_id=self.pad_id,
                     eos_ids=self.eos_ids,
                     max_new_tokens=self.max_new_tokens,
-                    stop_text=STOP,
+                    stop_strings=STOP_STRINGS,
                 )
                 outcomes.append(self._generate_outcome(probe, new))
         return outcomes
@@ -196,6 +195,10 @@ class Scorer:
         return ids
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _stopped(self, ids: Sequence[int]) -> bool:
+        # Only rows that stop early save work; the text is cut at the same place either way.
+        return STOP.search(self._decode(ids)) is not None
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
