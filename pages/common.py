@@ -96,3 +96,12 @@ def when_round_chosen(
         return fn(*args)
 
     return wrapper
+
+
+def signal_panel(round_id: int | None) -> str:
+    """The round's signal-check verdict as every page shows it (empty without a round)."""
+    if not round_id:
+        return ""
+    from teachlab.gate import gate_for
+
+    return gate_for(int(round_id)).markdown()

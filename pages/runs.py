@@ -9,9 +9,10 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, ui_errors
+from pages.common import AppState, esc, signal_panel, ui_errors
 from teachlab import charts, views
 from teachlab.errors import JobError, NotFoundError
+from teachlab.gate import ensure_may_launch
 from teachlab.jobs import queue, runs
 from teachlab.studies import current_round, get_study
 
@@ -150,7 +151,13 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
                 stage_choices(), value="round", label="Stage", scale=3, elem_id="runs-stage"
             )
             launch = gr.Button("Launch", variant="primary", scale=0, elem_id="runs-launch")
-        target = gr.Markdown("Select a study on the Studies page first.")
+        target = gr.Markdown("Select a study on the Studies page first.", elem_id="runs-target")
+        go_ahead = gr.Checkbox(
+            False,
+            label="Go ahead despite the signal check",
+            info="Only needed when the round's check says stop; your name is recorded on it.",
+            elem_id="runs-override",
+        )
         cli = gr.Code(
             language="shell",
             label="The same from a terminal (runs in the foreground)",
@@ -210,7 +217,8 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         run_id = _watched(study.id, value)  # type: ignore[arg-type]
         status = views.run_status(run_id) if run_id else None
         return (
-            f"Launches on **round {rnd.index}** ({rnd.status}) of study **{esc(study.name)}**.",
+            f"Launches on **round {rnd.index}** ({rnd.status}) of study **{esc(study.name)}**."
+            f"\n\n{signal_panel(rnd.id)}",
             views.cli_command(study.name, kind or "round"),
             gr.Dropdown(choices=options, value=value),
             progress_html(status),
@@ -227,7 +235,9 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         return panel(study_id, kind, pick_value)
 
     @ui_errors
-    def do_launch(request: gr.Request, study_id: int | None, kind: str) -> tuple[Any, ...]:
+    def do_launch(
+        request: gr.Request, study_id: int | None, kind: str, go_ahead: bool
+    ) -> tuple[Any, ...]:
         user = state.require_admin(request)
         if not study_id:
             raise gr.Error("Select a study on the Studies page first.")
@@ -240,6 +250,7 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
             )
         study = get_study(int(study_id))
         rnd = current_round(study.id)  # type: ignore[arg-type]
+        ensure_may_launch(rnd.id, kind, override_by=user if go_ahead else None)  # type: ignore[arg-type]
         run = queue.submit(study.id, kind, round_id=rnd.id, seed=study.seed, requested_by=user)  # type: ignore[arg-type]
         note = f"Queued run **#{run.id}** ({kind}) on round {rnd.index}."
         return (note, *panel(study_id, kind, LATEST), gr.Timer(active=True))
@@ -307,7 +318,10 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
     current_study.change(show, inputs, outputs, api_name="runs_study", show_progress="hidden")
     tab.select(show, inputs, outputs, api_name="runs_tab", show_progress="hidden")
     launch.click(
-        do_launch, [current_study, stage], [message, *outputs, timer], api_name="launch_run"
+        do_launch,
+        [current_study, stage, go_ahead],
+        [message, *outputs, timer],
+        api_name="launch_run",
     )
     cancel.click(do_cancel, inputs, [message, *outputs], api_name="cancel_run")
     resume.click(do_resume, inputs, [message, *outputs, timer], api_name="resume_run")

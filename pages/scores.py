@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, pre, ui_errors, when_round_chosen
+from pages.common import AppState, esc, pre, signal_panel, ui_errors, when_round_chosen
 from teachlab import charts, views
 from teachlab.studies import current_round
 
@@ -72,6 +72,7 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
             )
             refresh = gr.Button("Refresh", scale=0, elem_id="scores-refresh")
         base = gr.Markdown(NO_STUDY, elem_id="scores-baseline")
+        signal = gr.Markdown(elem_id="scores-signal")
         with gr.Row():
             hist_r = gr.Plot(label="Rationale scores", elem_id="scores-hist-rationale")
             hist_q = gr.Plot(label="Question scores", elem_id="scores-hist-question")
@@ -101,6 +102,7 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         if not round_id:
             return (
                 NO_STUDY,
+                "",
                 charts.score_histogram([], None, "Rationale scores"),
                 charts.score_histogram([], None, "Question scores"),
                 views.scores_frame(0),
@@ -110,12 +112,13 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         line = b.accuracy if b else None
         return (
             baseline_md(b),
+            signal_panel(views.as_id(round_id)),
             charts.score_histogram(values.get("rationale", []), line, "Rationale scores"),
             charts.score_histogram(values.get("question", []), line, "Question scores"),
             views.scores_frame(views.as_id(round_id)),
         )
 
-    outputs = [base, hist_r, hist_q, table]
+    outputs = [base, signal, hist_r, hist_q, table]
 
     @ui_errors
     def on_study(study_id: int | None) -> tuple[Any, ...]:

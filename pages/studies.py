@@ -8,10 +8,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from pages.common import AppState, ui_errors
+from pages.common import AppState, signal_panel, ui_errors
 from teachlab import studies
 from teachlab.config import BACKENDS, StudyConfig
 from teachlab.models import BUNDLED, BUNDLED_PREFIX
+from teachlab.studies import current_round
 from teachlab.tasks import list_bigbench
 
 STUDY_COLUMNS = [
@@ -77,6 +78,7 @@ def build(state: AppState, current_study: gr.State) -> None:
             study_choices(), value=None, label="Current study", scale=3, interactive=True
         )
         refresh = gr.Button("Refresh", scale=0)
+    signal = gr.Markdown(elem_id="studies-signal")
     table = gr.Dataframe(studies_frame(), interactive=False, label="All studies", wrap=True)
 
     with gr.Accordion("Create a study", open=False):
@@ -191,3 +193,12 @@ def build(state: AppState, current_study: gr.State) -> None:
     # On every page load, so a study made since the app started (the CLI, another tab) is listed.
     gr.on(None, lambda: do_refresh(None), None, [table, pick], api_visibility="private")
     pick.change(lambda v: v, [pick], [current_study], api_name="select_study")
+
+    @ui_errors
+    def show_signal(study_id: int | None) -> str:
+        return signal_panel(current_round(int(study_id)).id) if study_id else ""
+
+    current_study.change(
+        show_signal, [current_study], [signal], api_name="studies_signal", show_progress="hidden"
+    )
+    refresh.click(show_signal, [current_study], [signal], api_visibility="private")

@@ -19,7 +19,16 @@ from gradio_client.exceptions import AppError
 from sqlmodel import col, select
 from test_views import PAYLOAD, populate
 
-from teachlab.db import AnnotationEvent, Draft, Metric, Pair, Run, read_session, write_session
+from teachlab.db import (
+    AnnotationEvent,
+    Draft,
+    Metric,
+    Pair,
+    Run,
+    SignalCheck,
+    read_session,
+    write_session,
+)
 from teachlab.settings import get_settings
 
 # The pages package sits beside src/ (app.py puts it on the path the same way).
@@ -75,7 +84,7 @@ def test_only_admins_launch_cancel_or_resume_runs(served: tuple[str, dict[str, A
     ann, admin = client(url, "ann", ids["study"]), client(url, "admin", ids["study"])
     before = run_ids()
     for api, args in (
-        ("/launch_run", ("score",)),
+        ("/launch_run", ("score", False)),
         ("/cancel_run", ("score", 0)),
         ("/resume_run", ("score", 0)),
     ):
@@ -87,14 +96,14 @@ def test_only_admins_launch_cancel_or_resume_runs(served: tuple[str, dict[str, A
 
     # One active run per study: the running align run blocks a launch, with a way out.
     with pytest.raises(AppError, match="still running"):
-        admin.predict("score", api_name="/launch_run")
+        admin.predict("score", False, api_name="/launch_run")
     note, *_ = admin.predict("score", ids["align"], api_name="/cancel_run")
     assert "Cancel requested" in note
     with write_session() as s:  # the worker would record the stop; there is none in this test
         run = s.get(Run, ids["align"])
         run.status = "cancelled"  # type: ignore[union-attr]
         s.add(run)
-    note, *_ = admin.predict("score", api_name="/launch_run")
+    note, *_ = admin.predict("score", False, api_name="/launch_run")
     (new,) = set(run_ids()) - set(before)
     assert f"#{new}" in note
     with read_session() as s:
@@ -105,6 +114,50 @@ def test_only_admins_launch_cancel_or_resume_runs(served: tuple[str, dict[str, A
         "admin",
     )
     assert run.round_id == ids["r1"]  # the study's current round
+
+
+def test_a_stop_verdict_is_shown_and_holds_compute_back_until_overridden(
+    served: tuple[str, dict[str, Any]],
+) -> None:
+    url, ids = served
+    with write_session() as s:
+        run = s.get(Run, ids["align"])
+        run.status = "succeeded"  # type: ignore[union-attr]
+        s.add(run)
+        check = SignalCheck(
+            round_id=ids["r1"],
+            level="stop",
+            reasons=["student at chance on this task: preferences will be noise"],
+            result={"metric": "accuracy", "label_share": 0.5},
+        )
+        s.add(check)
+        s.flush()
+        check_id = check.id
+    admin = client(url, "admin", ids["study"])
+    # Shown before anything is launched: on the Studies, Scores and Runs pages.
+    shown = admin.predict(ids["study"], api_name="/studies_signal")
+    assert "**stop**" in shown and "student at chance" in shown and "held back" in shown
+    assert "answer label explains 50%" in shown
+    target, *_ = admin.predict("round", 0, api_name="/runs_refresh")
+    assert "**stop**" in target
+    assert "**stop**" in admin.predict(ids["r1"], api_name="/scores_round")[1]
+
+    before = run_ids()
+    with pytest.raises(AppError, match="says stop .*student at chance.*Go ahead despite"):
+        admin.predict("round", False, api_name="/launch_run")
+    assert run_ids() == before  # nothing queued
+    note, *_ = admin.predict("check", False, api_name="/launch_run")  # measuring is never held
+    assert "(check)" in note
+    with write_session() as s:
+        for run_id in set(run_ids()) - set(before):
+            queued = s.get(Run, run_id)
+            queued.status = "succeeded"  # type: ignore[union-attr]
+            s.add(queued)
+    note, *_ = admin.predict("round", True, api_name="/launch_run")
+    assert "(round)" in note
+    with read_session() as s:
+        assert s.get(SignalCheck, check_id).overridden_by == "admin"  # type: ignore[union-attr]
+    assert "overridden by admin" in admin.predict(ids["study"], api_name="/studies_signal")
 
 
 def test_runs_page_shows_the_active_run_with_escaped_message(
@@ -292,7 +345,8 @@ def test_drafts_poll_picks_up_new_drafts_and_scores_show_gold(
     assert "score <b>0.750</b>" in html and "baseline 0.500" in html
     assert probes["headers"][:5] == ["probe", "input", "gold", "predicted", "correct"]
     assert [row[2] for row in probes["data"]] == ["yes", "no", "yes", "no"]
-    base, hist_r, _hist_q, _table = ann.predict(ids["r0"], api_name="/scores_round")
+    base, signal, hist_r, _hist_q, _table = ann.predict(ids["r0"], api_name="/scores_round")
+    assert "**warn**" in signal and "student near chance" in signal  # the seeded check
     assert "**0.500** on 4 probes" in base
     figure = json.loads(hist_r["plot"])
     assert figure["layout"]["shapes"][0]["x0"] == 0.5

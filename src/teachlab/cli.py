@@ -281,13 +281,38 @@ def study_show(study: Annotated[str, typer.Argument(help="Study id or name.")]) 
     typer.echo(json.dumps(info, indent=2, default=str))
 
 
-def _run_foreground(study_ref: str, kind: str, config: dict[str, Any] | None = None) -> int:
+def _cli_user() -> str:
+    import getpass
+
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):  # no user name in a bare container
+        return "cli"
+
+
+def _run_foreground(
+    study_ref: str, kind: str, config: dict[str, Any] | None = None, override: bool = False
+) -> int:
+    from teachlab.gate import ensure_may_launch
     from teachlab.jobs import runs
     from teachlab.jobs.executor import execute
     from teachlab.studies import current_round, get_study
 
     study = get_study(study_ref)
     rnd = current_round(study.id)  # type: ignore[arg-type]
+    gate = ensure_may_launch(
+        rnd.id,  # type: ignore[arg-type]
+        kind,
+        override_by=_cli_user() if override else None,
+    )
+    if gate.level is not None and kind != "check":
+        typer.echo(
+            f"Signal check of round {rnd.index}: {gate.level}"
+            + (f" (overridden by {gate.overridden_by})" if gate.overridden_by else ""),
+            err=True,
+        )
+        for reason in gate.reasons:
+            typer.echo(f"  - {reason}", err=True)
     run = runs.create_run(
         study.id,  # type: ignore[arg-type]
         kind,
@@ -305,12 +330,16 @@ def _run_foreground(study_ref: str, kind: str, config: dict[str, Any] | None = N
 @round_app.command("run")
 def round_run(
     study: Annotated[str, typer.Option(help="Study id or name.")],
+    override: Annotated[
+        bool,
+        typer.Option(help="Go ahead although the round's signal check says stop (recorded)."),
+    ] = False,
 ) -> None:
     """Run every stage of the study's current round in the foreground.
 
     Example: teachlab round run --study demo
     """
-    raise typer.Exit(_run_foreground(study, "round"))
+    raise typer.Exit(_run_foreground(study, "round", override=override))
 
 
 @run_app.command("stage")
@@ -320,12 +349,16 @@ def run_stage(
         typer.Argument(help="draft, score, pairs, align, regenerate, distill, evaluate, check."),
     ],
     study: Annotated[str, typer.Option(help="Study id or name.")],
+    override: Annotated[
+        bool,
+        typer.Option(help="Go ahead although the round's signal check says stop (recorded)."),
+    ] = False,
 ) -> None:
     """Run one stage of the current round in the foreground.
 
     Example: teachlab run stage score --study demo
     """
-    raise typer.Exit(_run_foreground(study, kind))
+    raise typer.Exit(_run_foreground(study, kind, override=override))
 
 
 @app.command()
