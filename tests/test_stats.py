@@ -148,3 +148,10 @@ def test_cohen_kappa_undefined_and_invalid_cases():
         cohen_kappa([1, 2], [1])
     with pytest.raises(DataError):
         cohen_kappa([], [])
+
+
+def test_diff_ci_compares_a_single_value_with_a_varying_sample() -> None:
+    diff, low, high = diff_ci([0.9], [0.1, 0.3, 0.5, 0.7], seed=1)
+    assert diff == pytest.approx(0.5)
+    # Only b varies: the interval is 0.9 minus the bootstrap range of b's mean, inside [0.2, 0.8].
+    assert 0.2 <= low < diff < high <= 0.8
