@@ -439,6 +439,54 @@ def test_rationales_one_per_strategy_with_answers_and_flags(db_path: Path, tmp_p
     assert "You are a world-class expert in sports." in r.prompt
 
 
+class SilentTeacher(FakeTeacher):
+    """Rationales that never answer; under the answer cue it answers by the key's parity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forcing: list[GenRequest] = []
+
+    def generate(self, requests: Sequence[GenRequest]) -> Iterator[tuple[GenRequest, str]]:
+        for request in requests:
+            if request.prompt.endswith(prompts.ANSWER_CUE):
+                self.forcing.append(request)
+                yield request, " implausible" if len(request.key) % 2 else "plausible "
+            elif request.key.startswith("r:"):
+                yield request, f" {_words(random.Random(request.key), 5)}\n"
+            else:
+                yield from super().generate([request])
+
+
+@pytest.mark.parametrize("force", [True, False])
+def test_rationales_without_an_answer_get_one_forced(
+    db_path: Path, tmp_path: Path, force: bool
+) -> None:
+    round_id = _make_round(db_path, tmp_path, n_rationales=2, force_answer=force)
+    ctx = LocalContext(db_path=db_path)
+    run_draft_questions(ctx, round_id, FakeTeacher())
+    teacher = SilentTeacher()
+    result = run_draft_rationales(ctx, round_id, teacher)
+    rationales = _drafts(db_path, kind="rationale")
+    assert result["ok"] == len(rationales) > 0
+    if not force:
+        assert not teacher.forcing
+        assert all(r.answer is None and r.flags == ["no-answer"] for r in rationales)
+        return
+    # One greedy forcing call per rationale, continuing its own prompt and text.
+    assert len(teacher.forcing) == len(rationales)
+    for request in teacher.forcing:
+        assert request.temperature == 0.0 and request.max_new_tokens == prompts.FORCED_ANSWER_TOKENS
+        assert prompts.ANSWER_CLOSE in request.stop
+    for r in rationales:
+        expected = "implausible" if len(r.idem_key) % 2 else "plausible"
+        assert r.answer == expected and "forced-answer" in r.flags
+        assert r.rationale.endswith(f"So the answer is <ans>{expected}</ans>")
+        assert r.rationale.startswith(_words(random.Random(r.idem_key), 5))
+        with read_session(db_path) as session:
+            target = session.get(Draft, r.parent_id).target
+        assert ("answer-disagrees-with-target" in r.flags) == (target != expected)
+
+
 def test_tailored_rationales_use_the_erased_prompt_byte_for_byte(
     db_path: Path, tmp_path: Path
 ) -> None:

@@ -47,6 +47,11 @@ class StudyConfig:
     )
     max_new_tokens: int = _f(160, "Most tokens the teacher may write per call.", min=16, max=4096)
     prefill: bool = _f(True, "Prefill the teacher's turn with the start of the expected format.")
+    force_answer: bool = _f(
+        True,
+        "When a rationale ends without <ans>…</ans>, append 'So the answer is <ans>' and let "
+        "the teacher finish it greedily (flagged 'forced-answer').",
+    )
     strategies: tuple[str, ...] = _f(
         ("expert", "rules", "plain", "eliminate"),
         "Reasoning strategies for rationales (names of the strategy prompts).",

@@ -447,10 +447,12 @@ def run_draft_rationales(
     counts = {"ok": 0, "rejected": 0}
     ctx.progress(finished, total, f"{finished} of {total} rationales")
     template = "plain" if phase == "tailored" else "rationale"
-    for request, completion in backend.generate(requests):
+
+    def store(request: GenRequest, completion: str, forced: bool) -> None:
+        nonlocal finished
         q, strategy = by_key[request.key]
         rationale, answer, reason = parse_rationale(prefill + completion)
-        flags = _rationale_flags(q, answer, reason)
+        flags = _rationale_flags(q, answer, reason) + (["forced-answer"] if forced else [])
         status = "ok" if rationale else "rejected"
         draft = Draft(
             round_id=round_id,
@@ -480,7 +482,45 @@ def run_draft_rationales(
         finished += 1
         ctx.progress(finished, total, f"{finished} of {total} rationales")
         ctx.check_cancelled()
+
+    # Rationales without an answer wait for one forcing pass (batched); a crash before it
+    # loses only them, and a resume regenerates them with the same seeds.
+    unanswered: dict[str, tuple[GenRequest, str]] = {}
+    for request, completion in backend.generate(requests):
+        if (
+            cfg.force_answer
+            and completion.strip()
+            and parse_rationale(prefill + completion)[1] is None
+        ):
+            unanswered[request.key] = (request, completion)
+        else:
+            store(request, completion, forced=False)
+    if unanswered:
+        ctx.log(f"forcing an answer on {len(unanswered)} rationales without <ans>")
+        forcing = [
+            GenRequest(
+                key=key,
+                prompt=request.prompt + _forced_stem(completion),
+                temperature=0.0,
+                max_new_tokens=prompts.FORCED_ANSWER_TOKENS,
+                seed=request.seed,
+                stop=(prompts.ANSWER_CLOSE, prompts.TURN_STOP, "\n"),
+            )
+            for key, (request, completion) in unanswered.items()
+        ]
+        for forced, tail in backend.generate(forcing):
+            request, completion = unanswered[forced.key]
+            store(
+                request,
+                _forced_stem(completion) + tail.strip() + prompts.ANSWER_CLOSE,
+                forced=True,
+            )
     return {**counts, "total": total, "skipped": total - counts["ok"] - counts["rejected"]}
+
+
+def _forced_stem(completion: str) -> str:
+    """The rationale as written, then the answer cue (its unfinished ``<ans>`` included)."""
+    return completion.rstrip() + prompts.ANSWER_CUE
 
 
 def _rationale_flags(question: Draft, answer: str | None, reason: str) -> list[str]:

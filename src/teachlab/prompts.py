@@ -97,6 +97,11 @@ TEMPLATE_VERSIONS: dict[str, str] = {name: t.tag for name, t in TEMPLATES.items(
 # Where a base model's fake next turn starts under the plain "User:/Assistant:" template; chat
 # models end their turn with EOS instead, so stopping here is harmless for them.
 TURN_STOP = "\nUser:"
+# Answer forcing: a rationale that ran out without an answer gets this cue and a few greedy
+# tokens more, so every scored demonstration ends in the teacher's own answer.
+ANSWER_CUE = "\nSo the answer is <ans>"
+ANSWER_CLOSE = "</ans>"
+FORCED_ANSWER_TOKENS = 16
 # Rationales are not prefilled: no prefill we tried made the tiny teacher use <ans> more often,
 # and a prefilled opening makes every rationale start alike.
 RATIONALE_PREFILL = ""
