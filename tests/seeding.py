@@ -7,12 +7,15 @@ Everything goes through the project's own entry points where one exists (``creat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import tempfile
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+
+from sqlmodel import select
 
 from teachlab import review, studies
 from teachlab.db import (
@@ -105,8 +108,10 @@ def _round(
     n_rationales: int,
     skill: float,
     rule: str,
+    adapter: str | None = None,
 ) -> None:
-    """Drafts, probe results (plus the zero-shot baseline) and proposed pairs for one round."""
+    """Drafts, probe results (plus the zero-shot baseline) and proposed pairs for one round,
+    the drafts by the teacher with ``adapter`` (None: the original one)."""
     probes = list(study.splits["probe"])
     taken = set(probes) | set(study.splits["test"]) | set(study.splits["seed"])
     pool = [i for i in range(len(examples)) if i not in taken]
@@ -146,6 +151,7 @@ def _round(
             template_version=QUESTION.tag,
             sampling=sampling,
             teacher=study.teacher,
+            adapter_hash=adapter,
         )
         s.add(bad)
         s.flush()
@@ -165,6 +171,7 @@ def _round(
                 template_version=QUESTION.tag,
                 sampling=sampling,
                 teacher=study.teacher,
+                adapter_hash=adapter,
             )
             s.add(question)
             s.flush()
@@ -193,6 +200,7 @@ def _round(
                     template_version=PLAIN.tag,
                     sampling=sampling,
                     teacher=study.teacher,
+                    adapter_hash=adapter,
                     score=score,
                     margin_score=round(rng.uniform(-0.6, 0.6) + (0.3 if good else -0.2), 3),
                 )
@@ -242,6 +250,48 @@ def _round(
     specs = build_pairs(candidates, rule, max_per_prompt=12, min_margin=0.1)
     review.store_pairs(round_id, specs)
     seeded.pairs[round_id] = [p.id for p in review.queue(round_id, order="id")]  # type: ignore[misc]
+
+
+def adapter_hash(align_run: int) -> str:  # a stand-in for the sha256 of the run's adapter
+    return hashlib.sha256(f"adapter of run {align_run}".encode()).hexdigest()
+
+
+def _tailored(round_id: int, adapter: str, skill: float) -> None:
+    """What the regenerate stage writes: the aligned teacher's questions and plain-prompt
+    rationales, right more often and longer (as DPO tends to make them)."""
+    rng = random.Random(round_id)
+    with write_session() as s:
+        drafted = select(Draft).where(Draft.round_id == round_id, Draft.phase == "draft")
+        for q in s.exec(drafted.where(Draft.kind == "question", Draft.status == "ok")).all():
+            ex = Example(q.input or "", q.target or "", tuple(q.choices))
+            common = {
+                "round_id": round_id,
+                "phase": "tailored",
+                "teacher": q.teacher,
+                "adapter_hash": adapter,
+            }
+            copied = q.model_dump(exclude={"id", "idem_key", "score", "margin_score", "created_at"})
+            question = Draft.model_validate(copied | common | {"idem_key": f"t:{q.idem_key}"})
+            s.add(question)
+            s.flush()
+            good = rng.random() < skill
+            answer = ex.target if good else rng.choice(ex.choices[1:] or (ex.target,))
+            text = _rationale(ex, answer, "plain", good).replace(
+                " <ans>", " Checking the count once more confirms it. <ans>"
+            )
+            s.add(
+                Draft(
+                    kind="rationale",
+                    parent_id=question.id,
+                    idem_key=f"t:r:{question.id}",
+                    prompt=PLAIN.render(question=ex.input),
+                    raw_output=text,
+                    rationale=text,
+                    answer=answer,
+                    template_version=PLAIN.tag,
+                    **common,
+                )
+            )
 
 
 def _run(
@@ -324,6 +374,8 @@ def _finish_round(
                 },
                 40,
             )
+        if kind == "regenerate":
+            _tailored(round_id, adapter_hash(seeded.runs[f"align-r{index}"]), 0.6 + 0.1 * index)
         if kind == "distill":
             _curves(run_id, {"loss": (1.9, 1.1), "mean_token_accuracy": (0.52, 0.66)}, 30)
     before, after = ACCURACY[index % len(ACCURACY)]
@@ -389,7 +441,10 @@ def seed_study(
                 seeded.rounds.append(rnd.id)  # type: ignore[arg-type]
         round_id = seeded.rounds[-1]
         skill = 0.4 + 0.1 * index  # the aligned teacher writes more correct rationales
-        _round(seeded, study, round_id, examples, rng, n_questions, n_rationales, skill, rule)
+        adapter = adapter_hash(seeded.runs[f"align-r{index - 1}"]) if index else None
+        _round(
+            seeded, study, round_id, examples, rng, n_questions, n_rationales, skill, rule, adapter
+        )
         hours_ago = 20.0 * (finished_rounds - index) + 18
         if index < finished_rounds:
             _finish_round(seeded, study.id, round_id, index, n_items, hours_ago)  # type: ignore[arg-type]

@@ -61,7 +61,7 @@ def test_stop_holds_spending_stages_and_the_newest_check_decides(db_path: Path) 
     assert "reliability of margin scores 0.12 (CI -0.30–0.50)" in text
     assert "answer label explains 42%" in text
     for kind in SPENDS:
-        with pytest.raises(ConflictError, match="says stop \\(reason for stop\\).*--override"):
+        with pytest.raises(ConflictError, match=r"says stop \(reason for stop\).*--override"):
             ensure_may_launch(seeded.current, kind)
     for kind in ("check", "evaluate"):  # measuring is never held back
         assert ensure_may_launch(seeded.current, kind).blocks

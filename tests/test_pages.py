@@ -143,7 +143,7 @@ def test_a_stop_verdict_is_shown_and_holds_compute_back_until_overridden(
     assert "**stop**" in admin.predict(ids["r1"], api_name="/scores_round")[1]
 
     before = run_ids()
-    with pytest.raises(AppError, match="says stop .*student at chance.*Go ahead despite"):
+    with pytest.raises(AppError, match=r"says stop .*student at chance.*Go ahead despite"):
         admin.predict("round", False, api_name="/launch_run")
     assert run_ids() == before  # nothing queued
     note, *_ = admin.predict("check", False, api_name="/launch_run")  # measuring is never held

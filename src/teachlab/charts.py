@@ -6,11 +6,12 @@ so every chart is tested on hand-made rows.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 Row = Mapping[str, Any]
@@ -20,6 +21,16 @@ METRIC_TITLES = {
     "rewards/accuracies": "reward accuracy",
     "mean_token_accuracy": "token accuracy",
 }
+# Label-mix charts: the commonest labels keep their own colour, the rest share one bar segment
+# (a date task has a label per question, which no legend can list).
+MAX_LABELS = 8
+OTHER = "other labels"
+LABEL_COLORS = qualitative.T10[:-1]  # the last one, grey, is OTHER's
+OTHER_COLOR = qualitative.T10[-1]
+LEVEL_TITLES = {"question": "question pairs (target)", "rationale": "rationale pairs (answer)"}
+KIND_TITLES = {"question": "questions (target)", "rationale": "rationales (answer)"}
+PHASES = ("draft", "tailored")  # before alignment, after it
+PHASE_NAMES = {"draft": "drafts (before alignment)", "tailored": "tailored (after alignment)"}
 
 
 def _layout(fig: go.Figure, title: str, **kw: Any) -> go.Figure:
@@ -228,3 +239,134 @@ def stage_times(rows: Iterable[Row]) -> go.Figure:
         fig.add_trace(go.Bar(x=kinds, y=[per_kind.get(k, 0.0) for k in kinds], name=f"round {rnd}"))
     fig.update_yaxes(title="minutes")
     return _layout(fig, "Time per stage", barmode="group")
+
+
+def _kept_labels(labels: Iterable[str]) -> list[str]:
+    """The labels drawn on their own, commonest first; one spare label is not lumped alone."""
+    counts = Counter(labels)
+    ranked = sorted(counts, key=lambda k: (-counts[k], k))
+    return ranked if len(ranked) <= MAX_LABELS + 1 else ranked[:MAX_LABELS]
+
+
+def _label_mix(
+    rows: Sequence[Row], facet: str, titles: Mapping[str, str], inner: str, order: Sequence[str]
+) -> go.Figure:
+    """Stacked label shares, one bar per (round, ``inner`` value), one panel per ``facet`` value.
+
+    Each bar sums to 1 over its labels; the hover gives the counts behind the shares.
+    """
+    kept = _kept_labels(r["label"] for r in rows)
+    counts: dict[str, dict[tuple[int, str], Counter[str]]] = defaultdict(
+        lambda: defaultdict(Counter)
+    )
+    for r in rows:
+        label = r["label"] if r["label"] in kept else OTHER
+        counts[r[facet]][(r["round"], r[inner])][label] += 1
+    facets = [f for f in titles if f in counts] + sorted(f for f in counts if f not in titles)
+    fig = make_subplots(
+        rows=1,
+        cols=len(facets),
+        subplot_titles=[titles.get(f, f) for f in facets],
+        shared_yaxes=True,
+    )
+    colors = {label: LABEL_COLORS[i % len(LABEL_COLORS)] for i, label in enumerate(kept)}
+    colors[OTHER] = OTHER_COLOR
+    shown: set[str] = set()
+    for col, f in enumerate(facets, start=1):
+        bars = sorted(counts[f], key=lambda b: (b[0], order.index(b[1]) if b[1] in order else 99))
+        totals = [sum(counts[f][b].values()) for b in bars]
+        for label in [*kept, OTHER]:
+            n = [counts[f][b][label] for b in bars]
+            if not any(n):
+                continue
+            fig.add_trace(
+                go.Bar(
+                    x=[[f"round {b[0]}" for b in bars], [b[1] for b in bars]],
+                    y=[k / t for k, t in zip(n, totals, strict=True)],
+                    customdata=[[k, t] for k, t in zip(n, totals, strict=True)],
+                    hovertemplate="%{y:.0%} (%{customdata[0]} of %{customdata[1]})",
+                    name=label,
+                    legendgroup=label,
+                    showlegend=label not in shown,
+                    marker_color=colors[label],
+                ),
+                row=1,
+                col=col,
+            )
+            shown.add(label)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(title="share", col=1)
+    return fig
+
+
+def pair_label_mix(rows: Iterable[Row]) -> go.Figure:
+    """Answer labels on the chosen and on the rejected side of the training pairs, per round.
+
+    rows: round, level, side (chosen | rejected), label. A chosen side that is mostly one label
+    while the rejected side is not is the pilot's warning sign: DPO learns "always answer X".
+    """
+    rows = list(rows)
+    if not rows:
+        return empty_figure(
+            "Labels of the training pairs",
+            "No pairs to train on yet: build pairs (pairs stage), then approve some on the "
+            "Review page or let the study train on unreviewed ones.",
+        )
+    fig = _label_mix(rows, "level", LEVEL_TITLES, "side", ("chosen", "rejected"))
+    return _layout(
+        fig, "Labels of the training pairs: chosen vs rejected", barmode="stack", height=360
+    )
+
+
+def draft_label_mix(rows: Iterable[Row]) -> go.Figure:
+    """Answer labels of the drafts before (draft) and after (tailored) alignment, per round.
+
+    rows: round, phase (draft | tailored), kind, label. Round r + 1's drafts come from round r's
+    aligned teacher, so reading the bars left to right follows the teacher round after round.
+    """
+    rows = list(rows)
+    if not rows:
+        return empty_figure(
+            "Labels before vs after alignment",
+            "No parsed drafts yet: the draft stage writes them, the regenerate stage writes "
+            "the aligned teacher's.",
+        )
+    fig = _label_mix(rows, "kind", KIND_TITLES, "phase", PHASES)
+    return _layout(
+        fig, "Labels before (draft) vs after (tailored) alignment", barmode="stack", height=360
+    )
+
+
+def draft_lengths(rows: Iterable[Row]) -> go.Figure:
+    """Rationale length in words before and after alignment per round (box, mean ± SD).
+
+    rows: round, phase, kind, words; questions and rows without a length are left out. DPO is
+    known to lengthen outputs whatever the preference was about.
+    """
+    by_phase: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        if r.get("kind", "rationale") == "rationale" and r.get("words") is not None:
+            by_phase[r["phase"]].append(r)
+    if not by_phase:
+        return empty_figure(
+            "Rationale length", "No rationales yet: the draft and regenerate stages write them."
+        )
+    fig = go.Figure()
+    for phase, items in sorted(
+        by_phase.items(), key=lambda kv: PHASES.index(kv[0]) if kv[0] in PHASES else 99
+    ):
+        items = sorted(items, key=lambda r: r["round"])
+        fig.add_trace(
+            go.Box(
+                x=[f"round {r['round']}" for r in items],
+                y=[r["words"] for r in items],
+                name=PHASE_NAMES.get(phase, phase),
+                boxmean="sd",
+            )
+        )
+    rounds = sorted({r["round"] for items in by_phase.values() for r in items})
+    # Text categories would put "round 10" before "round 2", and a round with tailored drafts
+    # only before the others.
+    fig.update_xaxes(categoryorder="array", categoryarray=[f"round {r}" for r in rounds])
+    fig.update_yaxes(title="rationale length (words)", rangemode="tozero")
+    return _layout(fig, "Rationale length before (draft) vs after (tailored)", boxmode="group")

@@ -33,12 +33,16 @@ from teachlab.views.drafts import (
     scores_frame,
 )
 from teachlab.views.progress import (
+    TrainingSet,
+    confound_summary,
     dpo_margin_rows,
+    draft_mix_rows,
     evaluation_rows,
     pair_count_rows,
     score_rows,
     signal_checks,
     stage_time_rows,
+    training_set,
 )
 from teachlab.views.review import PairDetail, StudentView, pair_detail, queue_frame
 from teachlab.views.runs import (
@@ -69,14 +73,17 @@ __all__ = [
     "ProbeRow",
     "RunStatus",
     "StudentView",
+    "TrainingSet",
     "as_id",
     "aware",
     "baseline",
     "cli_command",
     "clip",
+    "confound_summary",
     "dpo_margin_rows",
     "draft_detail",
     "draft_filter_options",
+    "draft_mix_rows",
     "drafts_frame",
     "drafts_signature",
     "eta_seconds",
@@ -103,4 +110,5 @@ __all__ = [
     "stage_time_rows",
     "study_of_round",
     "task_examples",
+    "training_set",
 ]
