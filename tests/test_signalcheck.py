@@ -13,6 +13,7 @@ from scipy.special import expit
 from teachlab.errors import DataError
 from teachlab.signalcheck import (
     label_variance_explained,
+    probe_halves,
     signal_check,
     spearman_brown,
     split_half_reliability,
@@ -298,3 +299,49 @@ def test_unique_labels_are_not_reported_as_a_confound() -> None:
     result = signal_check(per_draft, labels, [True] * 20, [True] * 20, 0.2, seed=0)
     assert math.isnan(result.label_share)
     assert not any("label explains" in r for r in result.verdict.reasons)
+
+
+# --- halves stratified by the probes' gold answers -----------------------------------------------
+
+
+def test_probe_halves_keep_each_gold_label_mix():
+    probes = list(range(100, 117))  # 17 probe ids: 8 'yes', 9 'no'
+    gold = {p: "yes" if p % 5 < 2 else "no" for p in probes}
+    for seed in range(5):
+        a, b = probe_halves(probes, gold, seed)
+        assert not set(a) & set(b) and sorted([*a, *b]) == list(range(17))
+        assert abs(len(a) - len(b)) <= 1
+        yes_a = sum(gold[probes[j]] == "yes" for j in a)
+        yes_b = sum(gold[probes[j]] == "yes" for j in b)
+        assert yes_a + yes_b == 8 and abs(yes_a - yes_b) <= 1
+    assert [list(h) for h in probe_halves(probes, gold, 3)] == [
+        list(h) for h in probe_halves(probes, gold, 3)
+    ]
+    # Unique labels (free-form answers) cannot be stratified on: the plain seeded shuffle.
+    unique = {p: str(p) for p in probes}
+    plain = probe_halves(probes, None, 2)
+    assert [list(h) for h in probe_halves(probes, unique, 2)] == [list(h) for h in plain]
+
+
+def test_stratified_halves_keep_a_bias_dominated_score_reliable():
+    # Margin = quality + bias towards one answer (signed by each probe's gold) + noise. A half
+    # with more 'p' items rewards the bias that the other half punishes: random halves with
+    # unequal mixes lose the reliability that the drafts' quality really has.
+    rng = np.random.default_rng(0)
+    gold = np.array([1] * 5 + [-1] * 11)
+    rng.shuffle(gold)
+    quality, bias = rng.normal(0, 0.5, 40), rng.normal(0, 2, 40)
+    scores = quality[:, None] + bias[:, None] * gold[None, :] + rng.normal(0, 0.5, (40, 16))
+    labels = {j: "p" if g > 0 else "i" for j, g in enumerate(gold)}
+
+    def p_items(half):
+        return int((gold[list(half)] > 0).sum())
+
+    for seed in range(6):
+        kwargs = {"seed": seed, "metric": "margin"}
+        plain = signal_check(scores, None, None, None, None, **kwargs)
+        strat = signal_check(scores, None, None, None, None, probe_labels=labels, **kwargs)
+        assert abs(p_items(strat.halves[0]) - p_items(strat.halves[1])) == 1
+        assert strat.reliability["reliability"] > 0.9
+        if abs(p_items(plain.halves[0]) - p_items(plain.halves[1])) >= 3:
+            assert plain.reliability["reliability"] < 0.7

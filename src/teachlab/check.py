@@ -4,13 +4,17 @@ It scores the student zero- and few-shot on the probe set against chance, then s
 sample of demonstrations (the round's scored drafts, or before any drafts exist, task
 examples outside the probe and test splits) on two disjoint probe halves to measure how
 reliably a demonstration's effect can be read, and how much the answer label explains.
+The verdict is on the study's score metric (``pair_metric``); both metrics are stored.
 """
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlmodel import col, select
 
@@ -19,72 +23,188 @@ from teachlab.errors import NotFoundError
 
 if TYPE_CHECKING:
     from teachlab.jobs.executor import RunContext
+    from teachlab.score import Scorer
+    from teachlab.signalcheck import Metric, SignalCheckResult
+    from teachlab.tasks import Task
 
 SAMPLE_DEMOS = 24
+MIN_DRAFTS = 8  # fewer scored drafts than this: task examples stand in as demonstrations
+METRICS: tuple[Metric, ...] = ("accuracy", "margin")
+
+
+class Outcome(Protocol):
+    """One demonstration × probe result: a ``ProbeOutcome``, or a stored ``ProbeResult``."""
+
+    @property
+    def probe_index(self) -> int: ...
+    @property
+    def correct(self) -> bool: ...
+    @property
+    def margin(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the student did on the probe set: the raw material of a signal check."""
+
+    zero_shot: Sequence[Outcome]
+    few_shot: Sequence[Outcome]
+    demos: Mapping[Hashable, Sequence[Outcome]]  # per demonstration (draft id or example index)
+    labels: Mapping[Hashable, str | None]  # each demonstration's answer label
+    source: str  # "scored drafts" | "task examples"
+    probe_labels: Mapping[Hashable, Hashable] = field(
+        default_factory=dict
+    )  # gold answer per probe item
+
+
+def per_probe(
+    demos: Mapping[Hashable, Sequence[Outcome]], metric: Metric
+) -> dict[Hashable, dict[int, float]]:
+    """Each demonstration's score on each probe item: right/wrong, or the log-prob margin.
+
+    A missing margin (free-form items, generate mode) is NaN, so the probe set keeps its shape
+    and the check reports that nothing could be measured instead of failing.
+    """
+    if metric == "accuracy":
+        return {d: {o.probe_index: float(o.correct) for o in rows} for d, rows in demos.items()}
+    return {
+        d: {o.probe_index: math.nan if o.margin is None else float(o.margin) for o in rows}
+        for d, rows in demos.items()
+    }
+
+
+def example_demos(
+    task: Task, splits: Mapping[str, Sequence[int]], seed: int, n: int = SAMPLE_DEMOS
+) -> list[int]:
+    """Task examples that may stand in for drafts: never a probe or test item (seeded sample)."""
+    used = set(splits["probe"]) | set(splits["test"])
+    pool = [i for i in range(len(task.examples)) if i not in used]
+    return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
+def measure(
+    scorer: Scorer,
+    task: Task,
+    splits: Mapping[str, Sequence[int]],
+    seed: int,
+    *,
+    shots: int,
+    n_demos: int = SAMPLE_DEMOS,
+    drafts: tuple[Mapping[Hashable, Sequence[Outcome]], Mapping[Hashable, str | None]]
+    | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    check_cancelled: Callable[[], None] | None = None,
+) -> Measurement:
+    """Score the student zero-shot, ``shots``-shot (seed examples) and per demonstration.
+
+    ``drafts`` are already scored drafts (outcomes per draft, answer labels); with fewer than
+    ``MIN_DRAFTS`` of them, ``n_demos`` task examples outside the probe and test splits are
+    scored as one-shot demonstrations instead.
+    """
+    from teachlab.score import Demo
+
+    def report(done: int, total: int, message: str) -> None:
+        if progress is not None:
+            progress(done, total, message)
+
+    use_drafts = drafts is not None and len(drafts[0]) >= MIN_DRAFTS
+    sample = [] if use_drafts else example_demos(task, splits, seed, n_demos)
+    total = len(sample) + 2
+    seed_demos = [
+        Demo(question=task.examples[i].input, answer=task.examples[i].target)
+        for i in list(splits["seed"])[: max(shots, 1)]
+    ]
+    report(0, total, "student zero-shot on the probe set")
+    zero = scorer.score([])
+    report(1, total, "student few-shot on the probe set")
+    few = scorer.score(seed_demos)
+    gold: dict[Hashable, Hashable] = {p.index: p.target for p in scorer.probes}
+    if use_drafts and drafts is not None:
+        return Measurement(zero, few, drafts[0], drafts[1], "scored drafts", gold)
+    demos: dict[Hashable, Sequence[Outcome]] = {}
+    labels: dict[Hashable, str | None] = {}
+    for n, i in enumerate(sample, 2):
+        if check_cancelled is not None:
+            check_cancelled()
+        ex = task.examples[i]
+        demos[i] = scorer.score([Demo(question=ex.input, answer=ex.target)])
+        labels[i] = ex.target
+        report(n, total, f"demonstration {n - 1}/{len(sample)}")
+    return Measurement(zero, few, demos, labels, "task examples", gold)
+
+
+def assess(
+    measurement: Measurement,
+    chance_rate: float | None,
+    *,
+    metric: Metric,
+    seed: int,
+    label_balanced: bool = False,
+) -> SignalCheckResult:
+    """The signal check (statistics and verdict) of one measurement on one score metric;
+    the probe halves are stratified by gold answer."""
+    from teachlab.signalcheck import signal_check
+
+    return signal_check(
+        per_probe(measurement.demos, metric),
+        dict(measurement.labels),
+        [o.correct for o in measurement.zero_shot],
+        [o.correct for o in measurement.few_shot],
+        chance_rate,
+        seed=seed,
+        metric=metric,
+        label_balanced=label_balanced,
+        probe_labels=dict(measurement.probe_labels) or None,
+    )
+
+
+def stored_result(
+    results: Mapping[Metric, SignalCheckResult], primary: Metric, source: str
+) -> dict[str, Any]:
+    """The JSON kept on a ``SignalCheck`` row: the primary metric's result at the top level
+    (as before), every metric under ``by_metric``, and ``margin_metric`` for older readers."""
+    data = results[primary].to_dict()
+    data["source"] = source
+    data["by_metric"] = {m: r.to_dict() for m, r in results.items()}
+    if "margin" in results:
+        data["margin_metric"] = data["by_metric"]["margin"]
+    return data
 
 
 def stage_check(ctx: RunContext, run: Run) -> dict[str, Any]:
     from teachlab import models
     from teachlab.pipeline import load_round, probes_for, study_task
     from teachlab.probes import ensure_probes
-    from teachlab.score import Demo, Scorer
-    from teachlab.signalcheck import signal_check
+    from teachlab.score import Scorer
 
     study, rnd, cfg = load_round(run, ctx.db_path)
     task = study_task(study)
     study = ensure_probes(ctx, study, task, cfg.probe_selection, cfg.n_probe)
-    probe_idx = list(study.splits["probe"])
-    probes = probes_for(task, probe_idx)
+    probes = probes_for(task, list(study.splits["probe"]))
     student = models.load(rnd.student, rnd.student_adapter)
     scorer = Scorer(student.model, student.tokenizer, task.description, probes, mode="loglik")
-    seed_demos = [
-        Demo(question=task.examples[i].input, answer=task.examples[i].target)
-        for i in list(study.splits["seed"])[: max(cfg.eval_shots, 1)]
-    ]
-    ctx.progress(0, SAMPLE_DEMOS + 2, "student zero-shot on the probe set")
-    zero = scorer.score([])
-    ctx.progress(1, SAMPLE_DEMOS + 2, "student few-shot on the probe set")
-    few = scorer.score(seed_demos)
-
-    per_draft, labels, source = _scored_drafts(rnd.id, cfg.scorer, ctx.db_path)  # type: ignore[arg-type]
-    margins: dict[Any, dict[int, float]] = {}
-    if len(per_draft) < 8:
-        # Before drafts exist: task examples outside probe/test stand in as demonstrations.
-        source = "task examples"
-        used = set(probe_idx) | set(study.splits["test"])
-        pool = [i for i in range(len(task.examples)) if i not in used]
-        sample = random.Random(study.seed).sample(pool, min(SAMPLE_DEMOS, len(pool)))
-        per_draft, labels = {}, {}
-        for n, i in enumerate(sample, 2):
-            ctx.check_cancelled()
-            ex = task.examples[i]
-            outcomes = scorer.score([Demo(question=ex.input, answer=ex.target)])
-            per_draft[i] = {o.probe_index: o.correct for o in outcomes}
-            margins[i] = {o.probe_index: float(o.margin or 0.0) for o in outcomes}
-            labels[i] = ex.target
-            ctx.progress(n, len(sample) + 2, f"demonstration {n - 1}/{len(sample)}")
-    result = signal_check(
-        per_draft,
-        labels,
-        [o.correct for o in zero],
-        [o.correct for o in few],
-        task.chance_rate,
-        seed=study.seed,
-        label_balanced=cfg.label_balanced,
+    measurement = measure(
+        scorer,
+        task,
+        study.splits,
+        study.seed,
+        shots=cfg.eval_shots,
+        drafts=_scored_drafts(rnd.id, cfg.scorer, ctx.db_path),  # type: ignore[arg-type]
+        progress=ctx.progress,
+        check_cancelled=ctx.check_cancelled,
     )
-    data = result.to_dict()
-    data["source"] = source
-    if margins:
-        data["margin_metric"] = signal_check(
-            margins,
-            labels,
-            [o.correct for o in zero],
-            [o.correct for o in few],
+    metric: Metric = "margin" if cfg.pair_metric == "margin" else "accuracy"
+    results = {
+        m: assess(
+            measurement,
             task.chance_rate,
+            metric=m,
             seed=study.seed,
-            metric="margin",
-        ).to_dict()
-    verdict = result.verdict
+            label_balanced=cfg.label_balanced,
+        )
+        for m in METRICS
+    }
+    verdict = results[metric].verdict
     assert verdict is not None  # signal_check always sets it
     with write_session(ctx.db_path) as session:
         session.add(
@@ -93,17 +213,27 @@ def stage_check(ctx: RunContext, run: Run) -> dict[str, Any]:
                 run_id=run.id,
                 level=verdict.level,
                 reasons=list(verdict.reasons),
-                result=data,
+                result=stored_result(results, metric, measurement.source),
             )
         )
+    ctx.log(f"signal check on the {metric} score ({measurement.source}): {verdict.level}")
     for reason in verdict.reasons:
         ctx.log(reason)
-    return {"level": verdict.level, "reasons": list(verdict.reasons), "source": source}
+    for other, result in results.items():
+        if other != metric and result.verdict is not None:
+            ctx.log(f"for comparison, on the {other} score: {result.verdict.level}")
+    return {
+        "level": verdict.level,
+        "reasons": list(verdict.reasons),
+        "source": measurement.source,
+        "metric": metric,
+    }
 
 
 def _scored_drafts(
     round_id: int, mode: str, db_path: Path | None
-) -> tuple[dict[Any, dict[int, bool]], dict[Any, str | None], str]:
+) -> tuple[dict[Hashable, list[ProbeResult]], dict[Hashable, str | None]]:
+    """The round's scored rationale drafts: their probe results and their answer labels."""
     with read_session(db_path) as session:
         rows = session.exec(
             select(ProbeResult).where(
@@ -118,11 +248,11 @@ def _scored_drafts(
                 select(Draft).where(Draft.round_id == round_id, Draft.kind == "rationale")
             )
         }
-    per_draft: dict[Any, dict[int, bool]] = {}
+    per_draft: dict[Hashable, list[ProbeResult]] = {}
     for r in rows:
-        per_draft.setdefault(r.draft_id, {})[r.probe_index] = r.correct
+        per_draft.setdefault(r.draft_id, []).append(r)
     labels = {k: (drafts[k].answer if k in drafts else None) for k in per_draft}
-    return per_draft, labels, "scored drafts"
+    return per_draft, labels
 
 
 def latest_check(round_id: int, db_path: Path | None = None) -> SignalCheck | None:

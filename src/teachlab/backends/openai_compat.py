@@ -2,6 +2,8 @@
 
 Prompts are already chat-templated text, so we call the completions endpoint, several requests
 at once from a thread pool, retrying connection errors, timeouts, 429 and 5xx with back-off.
+For llama.cpp's servers (`llama-server`, `python -m llama_cpp.server`) the server's own sampling
+defaults are switched off, so temperature 0 is greedy and the stored sampling is what ran.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from typing import Any
 
 from teachlab.backends.base import GenRequest, cut_at_stop
 from teachlab.errors import ModelError
@@ -19,6 +22,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 PROBE_TIMEOUT_S = 10.0
+# llama.cpp samples with top_k=40 and min_p=0.05 unless told otherwise, and llama-cpp-python's
+# server adds repeat_penalty=1.1, so even temperature 0 is not greedy there. Only llama.cpp
+# servers get these fields: hosted APIs refuse fields they do not know.
+LLAMA_CPP_NEUTRAL: dict[str, Any] = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
+LLAMA_CPP_OWNERS = ("llamacpp", "me")  # /models `owned_by` of llama-server, llama-cpp-python
 
 
 def _retryable(exc: Exception) -> bool:
@@ -60,8 +68,8 @@ class OpenAIBackend:
         self.concurrency = max(1, int(concurrency))
         self.retries = max(0, int(retries))
         self.backoff = backoff
-        self.model = served_model or model
-        self.model = self._probe(self.model)
+        self.extra_body: dict[str, Any] = {}  # set by the probe for llama.cpp servers
+        self.model = self._probe(served_model or model)
         self.name = f"openai:{self.model}@{self.base_url}"
         self.adapter_hash: str | None = None
 
@@ -75,6 +83,7 @@ class OpenAIBackend:
                 max_retries=0,
             ).models.list()
             ids = [m.id for m in listed.data]
+            owners = {getattr(m, "owned_by", None) for m in listed.data}
         except openai.AuthenticationError as exc:
             raise ModelError(
                 f"The OpenAI-compatible server at {self.base_url} rejected the API key "
@@ -89,6 +98,8 @@ class OpenAIBackend:
                 "set OPENAI_BASE_URL (and OPENAI_API_KEY) to a server that is up, or use the "
                 "transformers backend."
             ) from exc
+        if owners & set(LLAMA_CPP_OWNERS):
+            self.extra_body = dict(LLAMA_CPP_NEUTRAL)
         if model not in ids and len(ids) == 1:
             log.info("server %s serves only %r; using it for %r", self.base_url, ids[0], model)
             return ids[0]
@@ -108,6 +119,7 @@ class OpenAIBackend:
                     seed=request.seed,
                     top_p=1.0,
                     stop=list(request.stop) or None,
+                    extra_body=self.extra_body or None,
                 )
                 # Servers strip the stop string already; cutting again is a no-op then.
                 return cut_at_stop(response.choices[0].text or "", request.stop)

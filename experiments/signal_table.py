@@ -1,0 +1,390 @@
+"""The signal check over the BIG-bench Hard tasks, for each bundled student, on both score metrics.
+
+    .venv/bin/python experiments/signal_table.py [--tasks T ...] [--students REF ...]
+        [--n-probe N] [--demos M] [--parse-calls K] [--max-minutes X] --out docs/signal-check.md
+
+Each (task, student) row is exactly what the check stage computes before drafts exist
+(``teachlab.check.measure`` + ``assess``) on the splits a study of that task gets (seed 0,
+3 seed examples, 24 test items, ``--n-probe`` probes): the student zero- and 3-shot against
+chance, then ``--demos`` task examples as one-shot demonstrations scored on two probe halves.
+``--parse-calls`` teacher calls of the demo study's question prompt per task give the bundled
+teacher's parse rate (0 skips it). Results go to a JSON cache beside the table (``<out>.json``);
+a rerun skips what is cached, and ``--max-minutes`` stops starting new rows, so the sweep can be
+split into short invocations. The table is rewritten from the cache after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+STUDENTS = ("bundled:smollm2-135m-instruct", "bundled:gemma-3-270m")
+TEACHER = "bundled:gemma-3-270m"
+SEED = 0
+N_TEST = 24  # the demo study's test split, so the probes are the ones a demo study would get
+
+
+def bbh_tasks(all_subtasks: bool = False) -> list[str]:
+    """The BIG-bench Hard tasks that have a task.json. A task split into subtasks
+    (logical_deduction, tracking_shuffled_objects) counts once, by its three-object subtask
+    (the shortest, likeliest to show a signal), unless ``all_subtasks``."""
+    from teachlab.tasks import list_bigbench
+    from teachlab.tasks.bigbench import BBH_TASKS
+
+    names = [t for t in list_bigbench() if t.split("/")[0] in BBH_TASKS]
+    if all_subtasks:
+        return names
+    return [t for t in names if "/" not in t or t.endswith("/three_objects")]
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def signal_row(
+    task_name: str, student: str, loaded: Any, n_probe: int, demos: int
+) -> dict[str, Any]:
+    """One row: the check stage's measurement and both metrics' results."""
+    from teachlab.check import METRICS, assess, measure
+    from teachlab.config import StudyConfig
+    from teachlab.pipeline import probes_for
+    from teachlab.score import Scorer
+    from teachlab.tasks import make_splits, resolve_task
+
+    task = resolve_task(f"bigbench:{task_name}")
+    cfg = StudyConfig()
+    parts = make_splits(task, n_seed=cfg.n_seed, n_probe=n_probe, n_test=N_TEST, seed=SEED)
+    splits = {"seed": list(parts.seed), "probe": list(parts.probe), "test": list(parts.test)}
+    probes = probes_for(task, splits["probe"])
+    scorer = Scorer(loaded.model, loaded.tokenizer, task.description, probes, mode="loglik")
+    started = time.monotonic()
+    m = measure(scorer, task, splits, SEED, shots=cfg.eval_shots, n_demos=demos)
+    results = {metric: assess(m, task.chance_rate, metric=metric, seed=SEED) for metric in METRICS}
+    return {
+        "task": task_name,
+        "student": student,
+        "n_probe_asked": n_probe,
+        "demos_asked": demos,
+        "n_examples": len(task.examples),
+        "n_probe": len(probes),
+        "n_demos": len(m.demos),
+        "multiple_choice": task.is_multiple_choice,
+        "chance": results["accuracy"].chance,
+        "metrics": {metric: r.to_dict() for metric, r in results.items()},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+class CallBudget:
+    """A stage context that stops the drafting stage after ``calls`` teacher completions."""
+
+    def __init__(self, calls: int) -> None:
+        self.db_path = None
+        self.run_id = None
+        self.seed = SEED
+        self.left = calls
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        return None
+
+    def log(self, message: str) -> None:
+        return None
+
+    def check_cancelled(self) -> None:
+        from teachlab.jobs.context import Cancelled
+
+        self.left -= 1  # the stage checks once after each completion
+        if self.left <= 0:
+            raise Cancelled
+
+
+def parse_row(task_name: str, backend: Any, calls: int) -> dict[str, Any]:
+    """The demo study's question drafting on this task, for ``calls`` teacher calls."""
+    from sqlmodel import select
+
+    from teachlab.config import StudyConfig
+    from teachlab.db import Draft, read_session
+    from teachlab.draft import run_draft_questions
+    from teachlab.jobs.context import Cancelled
+    from teachlab.studies import DEMO_CONFIG, create_study, current_round
+
+    per_call = StudyConfig.from_dict(DEMO_CONFIG).questions_per_call
+    config = {**DEMO_CONFIG, "n_questions": calls * per_call}
+    study = create_study(
+        f"parse-{task_name.replace('/', '-')}",
+        f"bigbench:{task_name}",
+        teacher=TEACHER,
+        config=config,
+        seed=SEED,
+    )
+    rnd = current_round(study.id)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with contextlib.suppress(Cancelled):  # the call budget is spent
+        run_draft_questions(CallBudget(calls), rnd.id, backend)  # type: ignore[arg-type]
+    with read_session() as session:
+        rows = session.exec(
+            select(Draft).where(Draft.round_id == rnd.id, Draft.kind == "question")
+        ).all()
+    by_status = {s: sum(d.status == s for d in rows) for s in ("ok", "duplicate", "rejected")}
+    called = len({d.idem_key.split(":")[1] for d in rows})
+    return {
+        "calls": called,
+        "blocks": len(rows),
+        **by_status,
+        # As the draft stage reports it: a call with no block at all counts as one bad block.
+        "parse_rate": (by_status["ok"] + by_status["duplicate"]) / len(rows) if rows else None,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+# --- the cache -----------------------------------------------------------------------------------
+
+
+def load_cache(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {"signal": {}, "parse": {}, "invocations": []}
+
+
+def save_cache(path: Path, cache: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def signal_key(task: str, student: str, n_probe: int, demos: int) -> str:
+    return f"{task}|{student}|probe={n_probe}|demos={demos}|seed={SEED}"
+
+
+def parse_key(task: str, calls: int) -> str:
+    return f"{task}|{TEACHER}|calls={calls}|seed={SEED}"
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}".replace("-", "−")
+
+
+def _acc(block: dict[str, Any] | None, ci: bool) -> str:
+    if block is None:
+        return "–"
+    text = f"{block['accuracy']:.2f}"
+    if ci:
+        text += f" ({block['ci_low']:.2f}–{block['ci_high']:.2f})"
+    if block.get("above_chance"):
+        text = f"**{text}**"
+    return text
+
+
+def _rel(result: dict[str, Any]) -> str:
+    rel = result["reliability"]
+    if rel["reliability"] is None:
+        return "–"
+    low, high = rel["reliability_ci"]
+    ci = f" ({_f(low)}…{_f(high)})" if low is not None and high is not None else ""
+    return f"{_f(rel['reliability'])}{ci}"
+
+
+def _short(student: str) -> str:
+    return student.split(":")[-1].replace("-instruct", "")
+
+
+LEVEL = {"ok": "ok", "warn": "warn", "stop": "STOP"}
+
+
+def _parse_text(cache: dict[str, Any], task: str) -> str:
+    found = [r for k, r in cache["parse"].items() if k.split("|")[0] == task]
+    if not found:
+        return "–"
+    row = max(found, key=lambda r: r["calls"])
+    if row["parse_rate"] is None:
+        return "–"
+    return f"{row['parse_rate']:.0%} ({row['ok']} ok / {row['blocks']})"
+
+
+HEADER = (
+    "| task | student | chance | zero-shot | 3-shot (95% CI) | reliability, accuracy | "
+    "reliability, margin | label share | verdict | teacher parses |"
+)
+
+
+def render(cache: dict[str, Any], out_name: str) -> str:
+    lines = [
+        "# Signal check over the BIG-bench Hard tasks",
+        "",
+        "Is there anything for the bundled models to learn from on each task? Every row is what",
+        "`teachlab check` computes before any draft exists, on the probe set a study of the task",
+        "gets (study seed 0, 3 seed examples, 24 test items): the student zero-shot and 3-shot",
+        "against chance (exact binomial 95% CIs; **bold** = the whole interval above chance),",
+        "then task examples outside the probe and test splits, each the single demonstration,",
+        "scored on two disjoint probe halves: the split-half reliability of their scores",
+        "(Spearman–Brown, 95% bootstrap CI) on the accuracy and on the log-prob margin metric,",
+        "and the share of score variance the answer label explains (η², accuracy / margin).",
+        "Verdicts are the check's own (accuracy / margin): STOP, warn or ok. The teacher column",
+        "is the share of question blocks the bundled teacher (Gemma 3 270M) writes that parse",
+        "and pass the target check (duplicates of seed, probe or test items count as parsed),",
+        "with the demo study's drafting settings (T 0.7, prefill, 5 questions per call).",
+        "",
+        f"Generated by `experiments/signal_table.py`; raw results in `{out_name}.json`.",
+        "",
+    ]
+    invocations = cache.get("invocations", [])
+    if invocations:
+        lines += [
+            f"- machine: {invocations[-1]['machine']}",
+            f"- dates: {invocations[0]['date']} to {invocations[-1]['date']}",
+            "- commands, in order, each under `flock /tmp/teachlab-cpu.lock`:",
+            *[f"  - `{inv['command']}`" for inv in invocations],
+            "",
+        ]
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for row in cache["signal"].values():
+        groups.setdefault((row["n_probe_asked"], row["demos_asked"]), []).append(row)
+    reasons: list[str] = []
+    for (n_probe, demos), rows in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        minutes = sum(r["seconds"] for r in rows) / 60
+        lines += [
+            f"## {n_probe} probe items, {demos} demonstrations",
+            "",
+            f"{len(rows)} rows, {minutes:.0f} min of compute for the students.",
+            "",
+            HEADER,
+            "|" + "---|" * 10,
+        ]
+        order = {s: i for i, s in enumerate(STUDENTS)}
+        for row in sorted(rows, key=lambda r: (r["task"], order.get(r["student"], 9))):
+            task, student = row["task"], _short(row["student"])
+            acc, mar = row["metrics"]["accuracy"], row["metrics"]["margin"]
+            chance = row["chance"]
+            shares = f"{_f(acc['label_share'])} / {_f(mar['label_share'])}"
+            verdicts = f"{LEVEL[acc['verdict']['level']]} / {LEVEL[mar['verdict']['level']]}"
+            lines.append(
+                f"| {task} | {student} | {_f(chance['chance_rate'])} | "
+                f"{_acc(chance['zero_shot'], False)} | {_acc(chance['few_shot'], True)} | "
+                f"{_rel(acc)} | {_rel(mar)} | {shares} | {verdicts} | "
+                f"{_parse_text(cache, task)} |"
+            )
+            for metric, result in (("accuracy", acc), ("margin", mar)):
+                for reason in result["verdict"]["reasons"]:
+                    reasons.append(f"- {task}, {student}, {n_probe} probes, {metric}: {reason}")
+        lines.append("")
+    lines += ["<details><summary>The check's reasons, row by row</summary>", ""]
+    lines += [*reasons, "", "</details>", ""]
+    return "\n".join(lines)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="*", help="BIG-bench task names (default: every BBH one)")
+    parser.add_argument("--all-subtasks", action="store_true", help="every subtask, not one")
+    parser.add_argument("--students", nargs="*", default=list(STUDENTS))
+    parser.add_argument("--n-probe", type=int, default=16)
+    parser.add_argument("--demos", type=int, default=24)
+    parser.add_argument("--parse-calls", type=int, default=4, help="0: no teacher parse rates")
+    parser.add_argument("--no-signal", action="store_true", help="only the teacher parse rates")
+    parser.add_argument("--max-minutes", type=float, default=0, help="0: no limit")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    started = time.monotonic()
+    deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf
+
+    import torch
+
+    from teachlab.settings import get_settings
+
+    torch.set_num_threads(2)
+    settings = get_settings()
+    # Throw-away studies for the parse rates go to a temporary storage folder; the models and
+    # task data stay where they are cached.
+    models_dir = settings.model_cache or settings.storage / "models"
+    data_dir = settings.data_cache or settings.storage / "data"
+    os.environ["TEACHLAB_MODEL_CACHE"] = str(models_dir.resolve())
+    os.environ["TEACHLAB_DATA_CACHE"] = str(data_dir.resolve())
+    scratch = tempfile.TemporaryDirectory(prefix="signal-table-")
+    os.environ["TEACHLAB_STORAGE"] = scratch.name
+    get_settings.cache_clear()
+
+    tasks = args.tasks or bbh_tasks(args.all_subtasks)
+    out = Path(args.out)
+    cache_path = out.with_name(out.name + ".json")
+    cache = load_cache(cache_path)
+    cache["invocations"].append(
+        {
+            "command": shlex.join(["python", *sys.argv]),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch "
+            f"{torch.__version__} ({torch.get_num_threads()} threads), Python "
+            f"{platform.python_version()}",
+        }
+    )
+
+    def write() -> None:
+        save_cache(cache_path, cache)
+        out.write_text(render(cache, out.name), encoding="utf-8")
+
+    def out_of_time(what: str) -> bool:
+        if time.monotonic() < deadline:
+            return False
+        print(f"time budget spent; stopping before {what} (rerun to continue)", flush=True)
+        return True
+
+    from teachlab import models
+
+    if args.parse_calls and not out_of_time("the teacher parse rates"):
+        todo = [t for t in tasks if parse_key(t, args.parse_calls) not in cache["parse"]]
+        if todo:
+            from teachlab.backends.hf import HFBackend
+
+            backend = HFBackend(TEACHER)
+            for task in todo:
+                if out_of_time(f"parsing {task}"):
+                    break
+                row = parse_row(task, backend, args.parse_calls)
+                cache["parse"][parse_key(task, args.parse_calls)] = row
+                print(f"teacher on {task}: {row}", flush=True)
+                write()
+    for student in [] if args.no_signal else args.students:
+        todo = [
+            t
+            for t in tasks
+            if signal_key(t, student, args.n_probe, args.demos) not in cache["signal"]
+        ]
+        if not todo or out_of_time(f"loading {student}"):
+            continue
+        loaded = models.load(student)
+        torch.set_num_threads(2)
+        for task in todo:
+            if out_of_time(f"{task} with {student}"):
+                break
+            row = signal_row(task, student, loaded, args.n_probe, args.demos)
+            cache["signal"][signal_key(task, student, args.n_probe, args.demos)] = row
+            verdicts = {m: r["verdict"]["level"] for m, r in row["metrics"].items()}
+            print(
+                f"{task} | {_short(student)} | {row['seconds']} s | few-shot "
+                f"{_acc(row['chance']['few_shot'], True)} | {verdicts}",
+                flush=True,
+            )
+            write()
+    write()
+    print(f"wrote {out} and {cache_path} in {time.monotonic() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
