@@ -1,16 +1,20 @@
-"""The signal check over the BIG-bench Hard tasks, for each bundled student, on both score metrics.
+"""The signal check over BIG-bench tasks, for each bundled student, on both score metrics.
 
     .venv/bin/python experiments/signal_table.py [--tasks T ...] [--students REF ...]
-        [--n-probe N] [--demos M] [--parse-calls K] [--max-minutes X] --out docs/signal-check.md
+        [--n-probe N] [--demos M] [--parse-calls K] [--screen] [--max-minutes X]
+        --out docs/signal-check.md
 
 Each (task, student) row is exactly what the check stage computes before drafts exist
 (``teachlab.check.measure`` + ``assess``) on the splits a study of that task gets (seed 0,
 3 seed examples, 24 test items, ``--n-probe`` probes): the student zero- and 3-shot against
 chance, then ``--demos`` task examples as one-shot demonstrations scored on two probe halves.
 ``--parse-calls`` teacher calls of the demo study's question prompt per task give the bundled
-teacher's parse rate (0 skips it). Results go to a JSON cache beside the table (``<out>.json``);
-a rerun skips what is cached, and ``--max-minutes`` stops starting new rows, so the sweep can be
-split into short invocations. The table is rewritten from the cache after every row.
+teacher's parse rate with the demo study's drafting settings (0 skips it). ``--screen`` first
+runs the cheap half of the check (zero- and 3-shot against chance, on 32 probes) over every
+BIG-bench multiple-choice task that a small study can use, to find where a student is above
+chance at all. Results go to a JSON cache beside the table (``<out>.json``); a rerun skips
+what is cached, and ``--max-minutes`` stops starting new rows, so the sweep can be split into
+short invocations. The table is rewritten from the cache after every row.
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ STUDENTS = ("bundled:smollm2-135m-instruct", "bundled:gemma-3-270m")
 TEACHER = "bundled:gemma-3-270m"
 SEED = 0
 N_TEST = 24  # the demo study's test split, so the probes are the ones a demo study would get
+# Bump when a row's statistics change meaning: cached rows of another version are dropped.
+CACHE_VERSION = 2  # 2: chance counts the commonest answer; reliability over 100 random splits
+# The screen: tasks a small study can use (seed + probe + test items, short inputs, a few
+# choices) and the probes each gets.
+SCREEN_PROBES = 32
+SCREEN_MIN_EXAMPLES = 80
+SCREEN_MAX_CHOICES = 6
+SCREEN_MAX_INPUT_CHARS = 350
 
 
 def bbh_tasks(all_subtasks: bool = False) -> list[str]:
@@ -85,6 +97,72 @@ def signal_row(
     }
 
 
+def screen_tasks() -> list[str]:
+    """Every BIG-bench task a small multiple-choice study can use (see the SCREEN_* limits)."""
+    from teachlab.errors import DataError
+    from teachlab.tasks import list_bigbench, resolve_task
+
+    names = []
+    for name in list_bigbench():
+        try:
+            task = resolve_task(f"bigbench:{name}")
+        except DataError:
+            continue  # a parent of subtasks, or no usable examples
+        if screen_eligible(task):
+            names.append(name)
+    return names
+
+
+def screen_eligible(task: Any) -> bool:
+    examples = task.examples
+    return (
+        task.is_multiple_choice
+        and len(examples) >= SCREEN_MIN_EXAMPLES
+        and max(len(e.choices) for e in examples) <= SCREEN_MAX_CHOICES
+        and sum(len(e.input) for e in examples) / len(examples) <= SCREEN_MAX_INPUT_CHARS
+    )
+
+
+def screen_row(task_name: str, student: str, loaded: Any) -> dict[str, Any]:
+    """Zero- and 3-shot accuracy on ``SCREEN_PROBES`` probes against the chance baseline,
+    with the one-sided exact binomial p-value of the 3-shot accuracy against it."""
+    from scipy.stats import binomtest
+
+    from teachlab.config import StudyConfig
+    from teachlab.pipeline import probes_for
+    from teachlab.score import Demo, Scorer
+    from teachlab.signalcheck import majority_answer, student_vs_chance
+    from teachlab.tasks import make_splits, resolve_task
+
+    task = resolve_task(f"bigbench:{task_name}")
+    cfg = StudyConfig()
+    parts = make_splits(task, n_seed=cfg.n_seed, n_probe=SCREEN_PROBES, n_test=N_TEST, seed=SEED)
+    probes = probes_for(task, list(parts.probe))
+    scorer = Scorer(loaded.model, loaded.tokenizer, task.description, probes, mode="loglik")
+    started = time.monotonic()
+    zero = scorer.score([])
+    seeds = [
+        Demo(question=task.examples[i].input, answer=task.examples[i].target) for i in parts.seed
+    ]
+    few = scorer.score(seeds[: cfg.eval_shots])
+    chance = student_vs_chance(
+        [o.correct for o in zero],
+        [o.correct for o in few],
+        task.chance_rate,
+        majority=majority_answer([p.target for p in probes]),
+    )
+    block = chance["few_shot"]
+    return {
+        "task": task_name,
+        "student": student,
+        "n_examples": len(task.examples),
+        "mean_input_chars": round(sum(len(e.input) for e in task.examples) / len(task.examples)),
+        "chance": chance,
+        "p_value": binomtest(block["k"], block["n"], chance["chance_rate"], "greater").pvalue,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
 class CallBudget:
     """A stage context that stops the drafting stage after ``calls`` teacher completions."""
 
@@ -118,7 +196,8 @@ def parse_row(task_name: str, backend: Any, calls: int) -> dict[str, Any]:
     from teachlab.jobs.context import Cancelled
     from teachlab.studies import DEMO_CONFIG, create_study, current_round
 
-    per_call = StudyConfig.from_dict(DEMO_CONFIG).questions_per_call
+    demo = StudyConfig.from_dict(DEMO_CONFIG)
+    per_call = 1 if demo.scaffold else demo.questions_per_call
     config = {**DEMO_CONFIG, "n_questions": calls * per_call}
     study = create_study(
         f"parse-{task_name.replace('/', '-')}",
@@ -151,9 +230,12 @@ def parse_row(task_name: str, backend: Any, calls: int) -> dict[str, Any]:
 
 
 def load_cache(path: Path) -> dict[str, Any]:
+    empty = {"version": CACHE_VERSION, "signal": {}, "parse": {}, "screen": {}, "invocations": []}
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    return {"signal": {}, "parse": {}, "invocations": []}
+        cache = json.loads(path.read_text(encoding="utf-8"))
+        if cache.get("version") == CACHE_VERSION:
+            return {**empty, **cache}
+    return empty
 
 
 def save_cache(path: Path, cache: dict[str, Any]) -> None:
@@ -167,7 +249,14 @@ def signal_key(task: str, student: str, n_probe: int, demos: int) -> str:
 
 
 def parse_key(task: str, calls: int) -> str:
-    return f"{task}|{TEACHER}|calls={calls}|seed={SEED}"
+    from teachlab.studies import DEMO_CONFIG
+
+    scaffold = bool(DEMO_CONFIG.get("scaffold"))
+    return f"{task}|{TEACHER}|calls={calls}|scaffold={scaffold}|seed={SEED}"
+
+
+def screen_key(task: str, student: str) -> str:
+    return f"{task}|{student}|probe={SCREEN_PROBES}|seed={SEED}"
 
 
 # --- the table -----------------------------------------------------------------------------------
@@ -224,20 +313,24 @@ HEADER = (
 
 def render(cache: dict[str, Any], out_name: str) -> str:
     lines = [
-        "# Signal check over the BIG-bench Hard tasks",
+        "# Signal check over BIG-bench tasks",
         "",
-        "Is there anything for the bundled models to learn from on each task? Every row is what",
-        "`teachlab check` computes before any draft exists, on the probe set a study of the task",
-        "gets (study seed 0, 3 seed examples, 24 test items): the student zero-shot and 3-shot",
-        "against chance (exact binomial 95% CIs; **bold** = the whole interval above chance),",
-        "then task examples outside the probe and test splits, each the single demonstration,",
-        "scored on two disjoint probe halves: the split-half reliability of their scores",
-        "(Spearman–Brown, 95% bootstrap CI) on the accuracy and on the log-prob margin metric,",
-        "and the share of score variance the answer label explains (η², accuracy / margin).",
-        "Verdicts are the check's own (accuracy / margin): STOP, warn or ok. The teacher column",
-        "is the share of question blocks the bundled teacher (Gemma 3 270M) writes that parse",
-        "and pass the target check (duplicates of seed, probe or test items count as parsed),",
-        "with the demo study's drafting settings (T 0.7, prefill, 5 questions per call).",
+        "Is there anything for the bundled models to learn from on each task? Every row of the",
+        "check tables is what `teachlab check` computes before any draft exists, on the probe set",
+        "a study of the task gets (study seed 0, 3 seed examples, 24 test items): the student",
+        "zero-shot and 3-shot against chance (exact binomial 95% CIs; **bold** = the whole",
+        "interval above chance; chance is the better of guessing and always giving the probe",
+        "set's commonest answer, marked ᵐ where that is higher), then task examples outside the",
+        "probe and test splits, each the single demonstration, scored on two disjoint probe",
+        "halves: the split-half reliability of their scores (Spearman–Brown of the half",
+        "correlation averaged over 100 random stratified splits, 95% bootstrap CI over",
+        "demonstrations) on the accuracy and on the log-prob margin metric, and the share of",
+        "score variance the answer label explains (η², accuracy / margin; – where answers do not",
+        "repeat). Verdicts are the check's own (accuracy / margin): STOP, warn or ok. The teacher",
+        "column is the share of question blocks the bundled teacher (Gemma 3 270M) writes that",
+        "parse and pass the target check (duplicates of seed, probe or test items count as",
+        "parsed), with the demo study's drafting settings (T 0.7, scaffolded: one question per",
+        "call, field by field).",
         "",
         f"Generated by `experiments/signal_table.py`; raw results in `{out_name}.json`.",
         "",
@@ -272,8 +365,9 @@ def render(cache: dict[str, Any], out_name: str) -> str:
             chance = row["chance"]
             shares = f"{_f(acc['label_share'])} / {_f(mar['label_share'])}"
             verdicts = f"{LEVEL[acc['verdict']['level']]} / {LEVEL[mar['verdict']['level']]}"
+            mark = "ᵐ" if chance.get("baseline") == "majority" else ""
             lines.append(
-                f"| {task} | {student} | {_f(chance['chance_rate'])} | "
+                f"| {task} | {student} | {_f(chance['chance_rate'])}{mark} | "
                 f"{_acc(chance['zero_shot'], False)} | {_acc(chance['few_shot'], True)} | "
                 f"{_rel(acc)} | {_rel(mar)} | {shares} | {verdicts} | "
                 f"{_parse_text(cache, task)} |"
@@ -282,9 +376,42 @@ def render(cache: dict[str, Any], out_name: str) -> str:
                 for reason in result["verdict"]["reasons"]:
                     reasons.append(f"- {task}, {student}, {n_probe} probes, {metric}: {reason}")
         lines.append("")
+    lines += render_screen(cache)
     lines += ["<details><summary>The check's reasons, row by row</summary>", ""]
     lines += [*reasons, "", "</details>", ""]
     return "\n".join(lines)
+
+
+SCREEN_SHOWN = 25
+
+
+def render_screen(cache: dict[str, Any]) -> list[str]:
+    rows = sorted(cache.get("screen", {}).values(), key=lambda r: (r["p_value"], r["task"]))
+    if not rows:
+        return []
+    minutes = sum(r["seconds"] for r in rows) / 60
+    above = [r for r in rows if r["chance"]["few_shot"]["above_chance"]]
+    lines = [
+        f"## Screen: where is a student above chance at all? ({SCREEN_PROBES} probes)",
+        "",
+        f"Every BIG-bench multiple-choice task with at least {SCREEN_MIN_EXAMPLES} examples, at "
+        f"most {SCREEN_MAX_CHOICES} choices and inputs of at most {SCREEN_MAX_INPUT_CHARS} "
+        f"characters on average: {len(rows)} (task, student) rows, {minutes:.0f} min of compute; "
+        f"{len(above)} have the whole 3-shot CI above chance. The {min(SCREEN_SHOWN, len(rows))} "
+        "with the smallest one-sided binomial p-value against chance:",
+        "",
+        "| task | student | examples | chance | zero-shot | 3-shot (95% CI) | p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows[:SCREEN_SHOWN]:
+        chance = row["chance"]
+        mark = "ᵐ" if chance["baseline"] == "majority" else ""
+        lines.append(
+            f"| {row['task']} | {_short(row['student'])} | {row['n_examples']} | "
+            f"{_f(chance['chance_rate'])}{mark} | {_acc(chance['zero_shot'], False)} | "
+            f"{_acc(chance['few_shot'], True)} | {row['p_value']:.1e} |"
+        )
+    return [*lines, ""]
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -299,6 +426,9 @@ def main() -> None:
     parser.add_argument("--demos", type=int, default=24)
     parser.add_argument("--parse-calls", type=int, default=4, help="0: no teacher parse rates")
     parser.add_argument("--no-signal", action="store_true", help="only the teacher parse rates")
+    parser.add_argument(
+        "--screen", action="store_true", help="first screen every usable multiple-choice task"
+    )
     parser.add_argument("--max-minutes", type=float, default=0, help="0: no limit")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -359,6 +489,25 @@ def main() -> None:
                 row = parse_row(task, backend, args.parse_calls)
                 cache["parse"][parse_key(task, args.parse_calls)] = row
                 print(f"teacher on {task}: {row}", flush=True)
+                write()
+    if args.screen:
+        names = screen_tasks()
+        for student in args.students:
+            todo = [t for t in names if screen_key(t, student) not in cache["screen"]]
+            if not todo or out_of_time(f"screening with {student}"):
+                continue
+            loaded = models.load(student)
+            torch.set_num_threads(2)
+            for task in todo:
+                if out_of_time(f"screening {task} with {student}"):
+                    break
+                row = screen_row(task, student, loaded)
+                cache["screen"][screen_key(task, student)] = row
+                print(
+                    f"screen {task} | {_short(student)} | {row['seconds']} s | few-shot "
+                    f"{_acc(row['chance']['few_shot'], True)} | p {row['p_value']:.1e}",
+                    flush=True,
+                )
                 write()
     for student in [] if args.no_signal else args.students:
         todo = [

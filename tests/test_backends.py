@@ -298,6 +298,26 @@ def test_left_padded_batch_matches_single_stream_greedy_and_stops(teacher: Any) 
     assert all("\n" not in t for t in together.values())
 
 
+@pytest.mark.slow
+def test_choose_ranks_options_by_their_log_probability(teacher: Any) -> None:
+    from teachlab.backends.base import ChoosingBackend
+    from teachlab.backends.hf import prompt_token_ids
+    from teachlab.score.loglik import loglik_reference
+
+    backend = make_backend("transformers", teacher.ref, loaded=teacher)
+    assert isinstance(backend, ChoosingBackend)
+    prompt = "User: What is the capital of France?\nAssistant: The answer is <ans>"
+    options = ["a banana", "Paris", "the Moon"]
+    scores = backend.choose(prompt, options, "</ans>")  # type: ignore[attr-defined]
+    assert max(range(3), key=scores.__getitem__) == 1
+    # The same numbers as one plain forward pass per option over the whole text.
+    tok = teacher.tokenizer
+    ids = prompt_token_ids(tok, prompt)
+    cands = [tok(o + "</ans>", add_special_tokens=False)["input_ids"] for o in options]
+    ref = loglik_reference(teacher.model, [ids + c for c in cands], cands)
+    assert scores == pytest.approx(ref.logprobs, abs=1e-3)
+
+
 # ---------------------------------------------------------------- sampling
 
 

@@ -17,7 +17,15 @@ import pytest
 from sqlmodel import select
 
 from teachlab import check, models, score
-from teachlab.db import Draft, ProbeResult, Round, SignalCheck, read_session, write_session
+from teachlab.db import (
+    Draft,
+    ProbeResult,
+    Round,
+    SignalCheck,
+    Study,
+    read_session,
+    write_session,
+)
 from teachlab.jobs import runs
 from teachlab.jobs.context import LocalContext
 from teachlab.score import Demo, Probe, ProbeOutcome
@@ -245,7 +253,17 @@ def test_stage_on_the_bundled_student_before_drafts() -> None:
         row = s.exec(select(SignalCheck)).one()
     result = row.result
     assert result["metric"] == "margin" and result["n_drafts"] == check.SAMPLE_DEMOS
-    assert result["n_probes"] == 12 and result["chance"]["chance_rate"] == 0.5
+    assert result["n_probes"] == 12 and result["chance"]["uniform_rate"] == 0.5
+    # Chance is the better of guessing and always giving the probe set's commonest answer.
+    from collections import Counter
+
+    from teachlab.tasks import resolve_task
+
+    task = resolve_task(study.task_ref)
+    with read_session() as s:
+        probe = s.get(Study, study.id).splits["probe"]  # type: ignore[union-attr]
+    common = Counter(task.examples[i].target for i in probe).most_common(1)[0][1] / len(probe)
+    assert result["chance"]["chance_rate"] == max(0.5, common)
     for metric in ("accuracy", "margin"):
         rel = result["by_metric"][metric]["reliability"]
         assert rel["n_drafts"] == check.SAMPLE_DEMOS or rel["spearman"] is None

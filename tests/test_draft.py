@@ -220,6 +220,15 @@ def test_per_example_choices_come_from_the_drafts_options_line() -> None:
     assert kept.input == "x\nOptions: a | b"
 
 
+def test_options_lines_that_cannot_be_a_question_are_rejected() -> None:
+    single = check_target(DATES, "Today is 01/01/2021.\nOptions: 01/02/2021", "01/02/2021")
+    assert single.flags == ("one-option",) and "a single option" in single.reason
+    repeated = check_target(DATES, "Today?\nOptions: a | B | b.", "a")
+    assert repeated.flags == ("repeated-options",) and "more than once" in repeated.reason
+    bare = check_target(DATES, "\nOptions: a | b", "a")
+    assert bare.flags == ("empty-input",) and "no text besides" in bare.reason
+
+
 def test_numeric_and_free_form_targets() -> None:
     assert check_target(NUMBERS, "How many?", "1,024").flags == ()
     assert check_target(NUMBERS, "How many?", "many").flags == ("target-not-numeric",)
@@ -295,7 +304,7 @@ class PlainTokenizer:
         )
 
 
-def _make_round(db: Path, tmp: Path, **config: object) -> int:
+def _make_round(db: Path, tmp: Path, task: Path | None = None, **config: object) -> int:
     rows = [
         {
             "input": f"{_words(random.Random(i), 4)}",
@@ -304,8 +313,9 @@ def _make_round(db: Path, tmp: Path, **config: object) -> int:
         }
         for i in range(20)
     ]
-    path = tmp / "sports.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    path = task or tmp / "sports.jsonl"
+    if task is None:
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = StudyConfig.from_dict({"n_questions": 5, "questions_per_call": 3, **config}).to_dict()
     with write_session(db) as session:
         study = Study(
@@ -352,7 +362,7 @@ def test_question_stage_stores_every_block_and_stops_at_the_wanted_count(
     assert all("'maybe' is not one of" in r.reason for r in bad)
     first = rows[0]
     assert first.prompt.endswith("Assistant:" + PREFILL) and first.prefill == PREFILL
-    assert first.template_version == prompts.TEMPLATE_VERSIONS["question"] == "question@1"
+    assert first.template_version == prompts.TEMPLATE_VERSIONS["question"] == "question@2"
     assert first.sampling["seed"] == derive_seed(7, 0, "draft", "q:0")
     assert ctx.events[-1][:2] == (5, 5)
 
@@ -487,6 +497,35 @@ def test_rationales_without_an_answer_get_one_forced(
         assert ("answer-disagrees-with-target" in r.flags) == (target != expected)
 
 
+class ChoosingTeacher(SilentTeacher):
+    """Silent rationales; ranks options by a fixed preference (the last option is likeliest)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.choices: list[tuple[str, list[str], str]] = []
+
+    def choose(self, prompt: str, options: list[str], closing: str = "") -> list[float]:
+        self.choices.append((prompt, list(options), closing))
+        return [-float(len(options) - i) for i in range(len(options))]
+
+
+def test_forced_answers_are_the_teachers_likeliest_option(db_path: Path, tmp_path: Path) -> None:
+    round_id = _make_round(db_path, tmp_path, n_rationales=2)
+    ctx = LocalContext(db_path=db_path)
+    run_draft_questions(ctx, round_id, FakeTeacher())
+    teacher = ChoosingTeacher()
+    run_draft_rationales(ctx, round_id, teacher)
+    rationales = _drafts(db_path, kind="rationale")
+    assert rationales and not teacher.forcing  # no greedy pass: every question has options
+    assert len(teacher.choices) == len(rationales)
+    for prompt, options, closing in teacher.choices:
+        assert prompt.endswith(prompts.ANSWER_CUE) and closing == prompts.ANSWER_CLOSE
+        assert options == ["plausible", "implausible"]
+    for r in rationales:
+        assert r.answer == "implausible" and {"forced-answer", "answer-chosen"} <= set(r.flags)
+        assert r.rationale.endswith("So the answer is <ans>implausible</ans>")
+
+
 def test_tailored_rationales_use_the_erased_prompt_byte_for_byte(
     db_path: Path, tmp_path: Path
 ) -> None:
@@ -519,6 +558,132 @@ def test_question_completion_continues_the_stored_prompt(db_path: Path, tmp_path
     )
     parsed, _ = parse_questions(completion, q.prefill)
     assert parsed[0].target == q.target
+
+
+# ---------------------------------------------------------------- scaffolded drafting
+
+
+class FieldTeacher(FakeTeacher):
+    """Answers each scaffold field by its name (the key's last part); records every pass."""
+
+    def __init__(self, batch_size: int = 8, fields: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.passes: list[list[GenRequest]] = []
+        self.fields = {
+            "input": " The most reasonable step of 'Bake bread' is\n",
+            "options": " Knead the dough | Paint the fence | Wash the car",
+            "target": "Knead the dough",
+            **(fields or {}),
+        }
+
+    def generate(self, requests: Sequence[GenRequest]) -> Iterator[tuple[GenRequest, str]]:
+        self.passes.append(list(requests))
+        for request in requests:
+            call, name = request.key.rsplit(":", 1)
+            text = self.fields[name]
+            yield request, text.replace("Bake bread", _words(random.Random(call), 3))
+
+
+def _steps_task(tmp: Path) -> Path:
+    """A task whose every question has its own options (like BIG-bench step_inference)."""
+    rows = [
+        {
+            "input": f"The most reasonable step of '{_words(random.Random(i), 2)}' is",
+            "target": f"right {i}",
+            "choices": [f"wrong {i}", f"right {i}", f"other {i}"],
+        }
+        for i in range(20)
+    ]
+    path = tmp / "steps.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_scaffold_writes_the_format_and_the_teacher_fills_each_field(
+    db_path: Path, tmp_path: Path
+) -> None:
+    round_id = _make_round(
+        db_path, tmp_path, task=_steps_task(tmp_path), scaffold=True, n_questions=3
+    )
+    teacher = FieldTeacher()
+    result = run_draft_questions(LocalContext(db_path=db_path), round_id, teacher)
+    # One question per call, three passes over the wave: input, options, target.
+    assert [[r.key for r in p] for p in teacher.passes] == [
+        [f"q:{c}:{name}" for c in range(3)] for name in ("input", "options", "target")
+    ]
+    first, options, target = (p[0] for p in teacher.passes)
+    assert first.prompt.endswith("Assistant:" + PREFILL) and "Please write 1 more question " in (
+        first.prompt
+    )
+    assert first.stop == prompts.INPUT_STOPS_BEFORE_OPTIONS
+    assert (
+        options.prompt
+        == first.prompt
+        + f"The most reasonable step of '{_words(random.Random('q:0'), 3)}' is"
+        + ("\nOptions:")
+    )
+    assert target.prompt.endswith("Paint the fence | Wash the car</input><target>")
+    assert all(r.seed == first.seed for r in (options, target))  # the call's own seed
+    assert result["total_ok"] == 3 and result["calls"] == 3
+    rows = _drafts(db_path, kind="question")
+    assert [r.status for r in rows] == ["ok"] * 3
+    q = rows[0]
+    assert q.input == f"The most reasonable step of '{_words(random.Random('q:0'), 3)}' is"
+    assert q.choices == ["Knead the dough", "Paint the fence", "Wash the car"]
+    assert q.target == "Knead the dough" and q.sampling["scaffold"] is True
+    assert q.raw_output == (
+        f"{q.input}\nOptions: Knead the dough | Paint the fence | Wash the car</input>"
+        "<target>Knead the dough</target></Question_4>"
+    )
+    # DPO trains the teacher to write, unaided, exactly the block the scaffold assembled.
+    assert q.prefill + prompts.question_completion_for(q) == PREFILL + q.raw_output
+
+
+def test_scaffold_writes_a_shared_label_set_itself(db_path: Path, tmp_path: Path) -> None:
+    round_id = _make_round(db_path, tmp_path, scaffold=True, n_questions=2)
+    teacher = FieldTeacher(fields={"input": "Bake bread scored a goal", "target": " Plausible"})
+    run_draft_questions(LocalContext(db_path=db_path), round_id, teacher)
+    assert [p[0].key.rsplit(":", 1)[1] for p in teacher.passes] == ["input", "target"]
+    words = _words(random.Random("q:0"), 3)
+    assert teacher.passes[1][0].prompt.endswith(
+        f"{words} scored a goal\nOptions: plausible | implausible</input><target>"
+    )
+    rows = _drafts(db_path, kind="question")
+    assert [(r.status, r.target) for r in rows] == [("ok", "plausible")] * 2
+    assert rows[0].input == f"{words} scored a goal"
+
+
+def test_scaffold_fields_end_where_the_teacher_runs_on(db_path: Path, tmp_path: Path) -> None:
+    round_id = _make_round(
+        db_path, tmp_path, task=_steps_task(tmp_path), scaffold=True, n_questions=1
+    )
+    teacher = FieldTeacher()
+    run_draft_questions(LocalContext(db_path=db_path), round_id, teacher)
+    stops = {p[0].key.rsplit(":", 1)[1]: p[0].stop for p in teacher.passes}
+    assert "Options:" in stops["input"] and "</input>" in stops["input"]
+    assert "\n" in stops["options"] and "\n" in stops["target"] and "</target>" in stops["target"]
+    assert all(prompts.TURN_STOP in s for s in stops.values())
+
+
+def test_scaffold_stores_each_chunk_before_the_next_starts(db_path: Path, tmp_path: Path) -> None:
+    round_id = _make_round(
+        db_path, tmp_path, task=_steps_task(tmp_path), scaffold=True, n_questions=5
+    )
+
+    class Crashing(FieldTeacher):
+        def generate(self, requests: Sequence[GenRequest]) -> Iterator[tuple[GenRequest, str]]:
+            if len(self.passes) == 3:  # the second chunk's first pass
+                raise RuntimeError("teacher crashed")
+            yield from super().generate(requests)
+
+    with pytest.raises(RuntimeError, match="teacher crashed"):
+        run_draft_questions(LocalContext(db_path=db_path), round_id, Crashing(batch_size=2))
+    assert {d.idem_key for d in _drafts(db_path)} == {"q:0:0", "q:1:0"}
+    resumed = FieldTeacher(batch_size=2)
+    run_draft_questions(LocalContext(db_path=db_path), round_id, resumed)
+    assert [r.key for r in resumed.passes[0]] == ["q:2:input", "q:3:input"]
+    assert len(_drafts(db_path, kind="question", status="ok")) == 5
 
 
 # ---------------------------------------------------------------- the real teacher (slow)

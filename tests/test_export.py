@@ -428,7 +428,7 @@ def test_dataset_card_records_configuration_models_templates_counts_and_version(
     assert f"TeachLab {__version__}" in text
     assert '"n_questions": 8' in text and '"pair_rule": "arte"' in text  # study configuration
     assert f"`{TEACHER}`" in text and "`/runs/7/adapter`" in text  # models per round
-    assert "question@1" in text and "plain@1" in text and "Let's think step by step" in text
+    assert "question@2" in text and "plain@1" in text and "Let's think step by step" in text
     assert "Strategy system prompts" in text and "`eliminate`" in text
     assert "**level**: question: 2, rationale: 1" in text
     assert "**status**: approved: 1, edited: 1, proposed: 1" in text

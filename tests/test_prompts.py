@@ -28,7 +28,7 @@ def test_missing_field_raises_instead_of_rendering_empty() -> None:
 
 def test_template_versions_are_exported_for_provenance() -> None:
     assert prompts.TEMPLATE_VERSIONS == {
-        "question": "question@1",
+        "question": "question@2",
         "rationale": "rationale@1",
         "plain": "plain@1",
     }
@@ -125,3 +125,12 @@ def test_templates_without_a_system_role_get_it_folded_into_the_user_turn() -> N
     text = prompts.render_chat(NoSystemTokenizer(), messages, "P")
     assert text.startswith("<user>Judge. First recall") and text.endswith("<model>P")
     assert "Question: Q?" in text
+
+
+def test_one_question_is_asked_for_in_the_singular() -> None:
+    [message] = prompts.question_messages("sports_understanding", "Judge sentences.", SEEDS, 1)
+    text = message["content"]
+    assert text.endswith(
+        "Please write 1 more question with brainstorming: a new situation, same kind of task, "
+        f"with a correct target. Use exactly the same format, as <Question_{len(SEEDS) + 1}>."
+    )

@@ -193,6 +193,39 @@ def test_student_at_chance_is_flagged_with_its_numbers():
     )
 
 
+def test_a_student_that_always_gives_the_commonest_answer_is_not_above_chance():
+    # 30 of 40 probes are "false": always answering "false" scores 0.75 without reading them.
+    scores, labels = simulate_drafts(seed=1)
+    gold = {j: "false" if j < 30 else "true" for j in range(40)}
+    always_false = [g == "false" for g in gold.values()]
+    result = signal_check(
+        scores, labels, always_false, always_false, chance_rate=0.5, seed=1, probe_labels=gold
+    )
+    chance = result.chance
+    assert chance["uniform_rate"] == 0.5 and chance["majority_rate"] == 0.75
+    assert chance["chance_rate"] == 0.75 and chance["baseline"] == "majority"
+    assert chance["few_shot"]["accuracy"] == 0.75 and chance["few_shot"]["above_chance"] is False
+    assert result.verdict.level == "stop"
+    assert result.verdict.reasons[0].startswith(
+        "student at chance on this task (few-shot 0.75, chance 0.75 by always answering 'false', "
+    )
+    # Without the probes' answers (or on a balanced probe set) chance is one over the choices.
+    blind = signal_check(scores, labels, always_false, always_false, chance_rate=0.5, seed=1)
+    assert blind.chance["chance_rate"] == 0.5 and blind.chance["few_shot"]["above_chance"]
+    balanced = {j: "false" if j % 2 else "true" for j in range(40)}
+    even = signal_check(scores, labels, None, always_false, chance_rate=0.5, probe_labels=balanced)
+    assert even.chance["baseline"] == "uniform" and even.chance["majority_rate"] == 0.5
+
+
+def test_answers_that_never_repeat_leave_chance_uniform():
+    scores, labels = simulate_drafts(seed=2)
+    gold = {j: f"movie {j}" for j in range(40)}
+    result = signal_check(
+        scores, labels, chance_rate=0.25, seed=2, probe_labels=gold, **GOOD_STUDENT
+    )
+    assert result.chance["chance_rate"] == 0.25 and result.chance["majority_label"] is None
+
+
 def test_margin_scores_at_chance_only_warn():
     # SPEC 3a: the log-prob margin can stay informative where accuracy is pinned at chance.
     scores, labels = simulate_drafts(seed=2, margins=True)
@@ -339,9 +372,31 @@ def test_stratified_halves_keep_a_bias_dominated_score_reliable():
 
     for seed in range(6):
         kwargs = {"seed": seed, "metric": "margin"}
-        plain = signal_check(scores, None, None, None, None, **kwargs)
+        plain = signal_check(scores, None, None, None, None, n_splits=1, **kwargs)
         strat = signal_check(scores, None, None, None, None, probe_labels=labels, **kwargs)
         assert abs(p_items(strat.halves[0]) - p_items(strat.halves[1])) == 1
         assert strat.reliability["reliability"] > 0.9
+        assert strat.reliability["split_range"][0] > 0.85  # every stratified split agrees
         if abs(p_items(plain.halves[0]) - p_items(plain.halves[1])) >= 3:
             assert plain.reliability["reliability"] < 0.7
+    # Unstratified, the splits with unequal mixes drag the spread of single splits down.
+    many = signal_check(scores, None, None, None, None, seed=0, metric="margin")
+    assert many.reliability["split_range"][0] < 0.7
+
+
+def test_averaging_over_splits_is_steadier_than_one_split():
+    # The same drafts, split by 12 seeds: single splits scatter, 100-split averages do not.
+    scores, labels = simulate_drafts(n_drafts=24, n_probes=24, seed=9, quality_sd=0.5)
+
+    def estimates(n_splits):
+        return [
+            signal_check(scores, labels, None, None, 0.5, seed=s, n_splits=n_splits).reliability[
+                "reliability"
+            ]
+            for s in range(12)
+        ]
+
+    single, averaged = np.array(estimates(1)), np.array(estimates(100))
+    assert averaged.std() < single.std() / 3
+    low, high = signal_check(scores, labels, None, None, 0.5, seed=0).reliability["split_range"]
+    assert low < averaged.mean() < high and single.min() < averaged.mean() < single.max()

@@ -458,18 +458,24 @@ def run_exec(run_id: int) -> None:
 def demo(
     name: Annotated[str, typer.Option(help="Name of the demo study.")] = "demo",
 ) -> None:
-    """Create the demo study (if missing) and run one whole round on the bundled models.
+    """Create the demo study (if missing), run its signal check (if the round has none), then
+    one whole round on the bundled models.
 
     Example: teachlab demo
     """
+    from teachlab.check import latest_check
     from teachlab.errors import NotFoundError
-    from teachlab.studies import DEMO_CONFIG, DEMO_TASK, create_study, get_study
+    from teachlab.studies import create_demo_study, current_round, get_study
 
     try:
         study = get_study(name)
     except NotFoundError:
-        study = create_study(name, DEMO_TASK, seed=0, config=DEMO_CONFIG)
+        study = create_demo_study(name)
         typer.echo(f"Created study {study.name!r} on {study.task_ref}", err=True)
+    if latest_check(current_round(study.id).id) is None:  # type: ignore[arg-type]
+        code = _run_foreground(study.name, "check")
+        if code:
+            raise typer.Exit(code)
     raise typer.Exit(_run_foreground(study.name, "round"))
 
 

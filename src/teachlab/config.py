@@ -47,10 +47,19 @@ class StudyConfig:
     )
     max_new_tokens: int = _f(160, "Most tokens the teacher may write per call.", min=16, max=4096)
     prefill: bool = _f(True, "Prefill the teacher's turn with the start of the expected format.")
+    scaffold: bool = _f(
+        False,
+        "Draft one question per call, field by field: TeachLab writes the tags (and the "
+        "'Options:' cue where each question has its own options), the teacher fills in the "
+        "input, the options and the target, each ended at its closing tag. For tiny teachers "
+        "that lose the format; questions_per_call is then 1.",
+    )
     force_answer: bool = _f(
         True,
         "When a rationale ends without <ans>…</ans>, append 'So the answer is <ans>' and let "
-        "the teacher finish it greedily (flagged 'forced-answer').",
+        "the teacher finish it (flagged 'forced-answer'): with the question's options, the one "
+        "it finds likeliest there (transformers backend; also flagged 'answer-chosen'), else "
+        "greedily.",
     )
     strategies: tuple[str, ...] = _f(
         ("expert", "rules", "plain", "eliminate"),

@@ -9,20 +9,23 @@ stage functions that store each completion as it arrives and, when rerun, skip s
   or phases share one however many calls a stage makes.
 - Targets: a task whose examples share one label set (plausible/implausible; BBH's (A)…(F))
   gives drafts that set as ``choices``; per-example choices (BIG-bench date_understanding) come
-  from the draft's own ``Options:`` line. The target must match a choice (case, spaces and
-  parentheses aside) and is stored in its spelling; numeric tasks need a number. Else: rejected.
+  from the draft's own ``Options:`` line, which must list two or more different options. The
+  target must match a choice (case, spaces and parentheses aside) and is stored in its
+  spelling; numeric tasks need a number. Else: rejected.
   An ``Options:`` line we appended to the seeds is stripped from the draft's input again, so a
   draft looks like a task example.
+- Scaffold (study setting): one question per call, written field by field (``scaffold_generate``).
 - Near-duplicates (rapidfuzz ratio ≥ 90, normalised) of seed, probe or test inputs, of stored
   questions or of an earlier block get status ``duplicate``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from teachlab import prompts
-from teachlab.backends.base import GenerationBackend, GenRequest
+from teachlab.backends.base import ChoosingBackend, GenerationBackend, GenRequest
 from teachlab.config import StudyConfig
 from teachlab.db import Draft, Round, Study, read_session, write_session
 from teachlab.errors import ConfigError, DataError, NotFoundError
@@ -45,6 +48,7 @@ from teachlab.tasks.splits import normalise
 PHASES = ("draft", "tailored")
 DUPLICATE_THRESHOLD = 90.0
 CALL_CAP_FACTOR = 4  # stop after this many times the calls that a perfect parse would need
+SCAFFOLD_CHUNK = 8  # scaffolded calls written together when the backend has no batch size
 ERASED_STRATEGY = "erased"  # tailored rationales: the plain prompt, no strategy
 
 # ---------------------------------------------------------------- targets (pure)
@@ -87,10 +91,13 @@ class TargetCheck:
         """Why the target is unusable ("" when it is fine)."""
         messages = {
             "no-options": "the question lists no options to choose from",
+            "one-option": "the question lists a single option",
+            "repeated-options": "the question lists the same option more than once",
             "target-not-in-choices": f"target {self.target!r} is not one of: "
             + " | ".join(self.choices),
             "target-not-numeric": f"target {self.target!r} is not a number",
             "empty-target": "empty target",
+            "empty-input": "the question has no text besides its options",
         }
         return "; ".join(messages[f] for f in self.flags if f in messages)
 
@@ -110,12 +117,18 @@ def check_target(
     target = target.strip()
     if not target:
         return TargetCheck(stored_input, target, labels or options, ("empty-target",))
+    if not stored_input.strip():
+        return TargetCheck(stored_input, target, labels or options, ("empty-input",))
     if labels:
         choices = labels
     elif task.is_multiple_choice:
         choices = options
         if not choices:
             flags.append("no-options")
+        elif len(choices) == 1:
+            flags.append("one-option")
+        elif len({_label_key(c) for c in choices}) < len(choices):
+            flags.append("repeated-options")
     else:
         choices = ()
     if choices:
@@ -231,7 +244,7 @@ def run_draft_questions(
     """
     study, rnd, cfg, task = _load(ctx.db_path, round_id, task, phase)
     wanted = cfg.n_questions if phase == "draft" else cfg.n_tailored
-    per_call = cfg.questions_per_call
+    per_call = 1 if cfg.scaffold else cfg.questions_per_call
     cap = CALL_CAP_FACTOR * math.ceil(wanted / per_call)
     seed_idx = _split(study, "seed")[: cfg.n_seed]
     if not seed_idx:
@@ -243,10 +256,21 @@ def run_draft_questions(
         for ex in (task.examples[i] for i in seed_idx)
     ]
     messages = prompts.question_messages(task.name, task.description, examples, per_call)
-    prefill = prompts.question_prefill(len(examples)) if cfg.prefill else ""
+    # A scaffold starts where the prefill ends, so it always writes the prefill.
+    prefill = prompts.question_prefill(len(examples)) if cfg.prefill or cfg.scaffold else ""
     prompt = prompts.render_chat(_tokenizer(backend, rnd.teacher, tokenizer), messages, prefill)
     strip = options_appended(task, seed_idx)
     stops = prompts.question_stops(len(examples), per_call)
+    generate = (
+        functools.partial(
+            scaffold_generate,
+            backend,
+            number=len(examples) + 1,
+            options=(shared_labels(task) or ()) if strip else None,
+        )
+        if cfg.scaffold
+        else backend.generate
+    )
 
     dupes = DuplicateIndex()
     for name in ("seed", "probe", "test"):
@@ -295,9 +319,9 @@ def run_draft_questions(
             )
             for call in wave
         ]
-        for request, completion in backend.generate(requests):
+        for request, completion in generate(requests):
             call = int(request.key.split(":")[1])
-            sampling = _sampling(request, backend)
+            sampling = _sampling(request, backend) | ({"scaffold": True} if cfg.scaffold else {})
             rows = _question_rows(task, request.key, completion, prefill, strip, dupes)
             drafts = [Draft(**base, **row, sampling=sampling) for row in rows]
             if _store(ctx, drafts):
@@ -323,6 +347,69 @@ def run_draft_questions(
         "wanted": wanted,
         "parse_rate": (counts["ok"] + counts["duplicate"]) / blocks if blocks else None,
     }
+
+
+def scaffold_generate(
+    backend: GenerationBackend,
+    requests: Sequence[GenRequest],
+    number: int,
+    *,
+    options: Sequence[str] | None,
+) -> Iterator[tuple[GenRequest, str]]:
+    """Question calls written field by field (the ``scaffold`` setting).
+
+    Each request's prompt ends with the prefill ``<Question_k><input>``. The teacher writes the
+    input. ``options`` says how the seeds showed their choices: None, no ``Options:`` line;
+    a label set the whole task shares, TeachLab writes that line itself; empty (every question
+    has its own choices), TeachLab writes ``\nOptions:`` and the teacher the options. Then
+    TeachLab writes ``</input><target>``, the teacher the target, and TeachLab closes the block.
+    Every field is one batched pass at the request's temperature and seed, and ends at its
+    closing tag, a newline where the format has none, or a tag the teacher starts.
+    Requests go in chunks of the backend's batch size (8 without one); each request is yielded
+    with its assembled block (without the prefill), which parses like any question output, once
+    its chunk has written its last field: a crash loses at most the chunk in progress.
+    """
+    size = max(1, int(getattr(backend, "batch_size", SCAFFOLD_CHUNK)))
+    for start in range(0, len(requests), size):
+        yield from _scaffold_chunk(backend, requests[start : start + size], number, options)
+
+
+def _scaffold_chunk(
+    backend: GenerationBackend,
+    requests: Sequence[GenRequest],
+    number: int,
+    options: Sequence[str] | None,
+) -> Iterator[tuple[GenRequest, str]]:
+    written = {r.key: "" for r in requests}
+
+    def fill(name: str, cue: str, stops: tuple[str, ...], max_tokens: int) -> None:
+        steps = {
+            f"{r.key}:{name}": GenRequest(
+                key=f"{r.key}:{name}",
+                prompt=r.prompt + written[r.key] + cue,
+                temperature=r.temperature,
+                max_new_tokens=min(max_tokens, r.max_new_tokens),
+                seed=r.seed,
+                stop=stops,
+            )
+            for r in requests
+        }
+        for step, completion in backend.generate(list(steps.values())):
+            key = step.key.rsplit(":", 1)[0]
+            text = completion.strip()
+            written[key] += f"{cue} {text}" if cue.endswith(":") else cue + text
+
+    input_stops = prompts.INPUT_STOPS if options is None else prompts.INPUT_STOPS_BEFORE_OPTIONS
+    fill("input", "", input_stops, requests[0].max_new_tokens if requests else 0)
+    if options:
+        line = prompts.question_text("", options)  # "\nOptions: a | b", as the seeds show it
+        for r in requests:
+            written[r.key] += line
+    elif options is not None:
+        fill("options", prompts.SCAFFOLD_OPTIONS, prompts.OPTIONS_STOPS, prompts.OPTIONS_TOKENS)
+    fill("target", prompts.SCAFFOLD_TARGET, prompts.TARGET_STOPS, prompts.TARGET_TOKENS)
+    for request in requests:
+        yield request, f"{written[request.key]}</target></Question_{number}>"
 
 
 def _sampling(request: GenRequest, backend: GenerationBackend) -> dict[str, Any]:
@@ -448,11 +535,13 @@ def run_draft_rationales(
     ctx.progress(finished, total, f"{finished} of {total} rationales")
     template = "plain" if phase == "tailored" else "rationale"
 
-    def store(request: GenRequest, completion: str, forced: bool) -> None:
+    def store(request: GenRequest, completion: str, forced: str = "") -> None:
         nonlocal finished
         q, strategy = by_key[request.key]
         rationale, answer, reason = parse_rationale(prefill + completion)
         flags = _rationale_flags(q, answer, reason) + (["forced-answer"] if forced else [])
+        if forced == "choice":
+            flags.append("answer-chosen")
         status = "ok" if rationale else "rejected"
         draft = Draft(
             round_id=round_id,
@@ -494,26 +583,37 @@ def run_draft_rationales(
         ):
             unanswered[request.key] = (request, completion)
         else:
-            store(request, completion, forced=False)
+            store(request, completion)
     if unanswered:
         ctx.log(f"forcing an answer on {len(unanswered)} rationales without <ans>")
-        forcing = [
-            GenRequest(
-                key=key,
-                prompt=request.prompt + _forced_stem(completion),
-                temperature=0.0,
-                max_new_tokens=prompts.FORCED_ANSWER_TOKENS,
-                seed=request.seed,
-                stop=(prompts.ANSWER_CLOSE, prompts.TURN_STOP, "\n"),
+        # A question with options gets the one the teacher finds likeliest after the cue, where
+        # the backend can rank continuations; otherwise the teacher finishes the cue greedily.
+        choosing = isinstance(backend, ChoosingBackend)
+        forcing = []
+        for key, (request, completion) in unanswered.items():
+            stem = _forced_stem(completion)
+            choices = list(by_key[key][0].choices or ())
+            if choosing and choices:
+                scores = backend.choose(request.prompt + stem, choices, prompts.ANSWER_CLOSE)  # type: ignore[attr-defined]
+                best = choices[max(range(len(choices)), key=scores.__getitem__)]
+                store(request, stem + best + prompts.ANSWER_CLOSE, forced="choice")
+                continue
+            forcing.append(
+                GenRequest(
+                    key=key,
+                    prompt=request.prompt + stem,
+                    temperature=0.0,
+                    max_new_tokens=prompts.FORCED_ANSWER_TOKENS,
+                    seed=request.seed,
+                    stop=(prompts.ANSWER_CLOSE, prompts.TURN_STOP, "\n"),
+                )
             )
-            for key, (request, completion) in unanswered.items()
-        ]
-        for forced, tail in backend.generate(forcing):
+        for forced, tail in backend.generate(forcing) if forcing else ():
             request, completion = unanswered[forced.key]
             store(
                 request,
                 _forced_stem(completion) + tail.strip() + prompts.ANSWER_CLOSE,
-                forced=True,
+                forced="greedy",
             )
     return {**counts, "total": total, "skipped": total - counts["ok"] - counts["rejected"]}
 

@@ -45,7 +45,7 @@ class PromptTemplate:
 
 QUESTION = PromptTemplate(
     "question",
-    1,
+    2,
     """You write new questions for a task.
 
 Task: {{ task_name }}
@@ -56,9 +56,14 @@ Here are {{ examples | length }} example questions, each with its input and its 
 {% for ex in examples -%}
 <Question_{{ loop.index }}><input>{{ ex.input }}</input><target>{{ ex.target }}</target></Question_{{ loop.index }}>
 {% endfor %}
+{% if n_new == 1 -%}
+Please write 1 more question with brainstorming: a new situation, same kind of task, with a \
+correct target. Use exactly the same format, as <Question_{{ start }}>.
+{%- else -%}
 Please write {{ n_new }} more questions with brainstorming: new situations, same kind of task, \
 each with a correct target. Use exactly the same format, numbered from <Question_{{ start }}> \
-to <Question_{{ start + n_new - 1 }}>.""",
+to <Question_{{ start + n_new - 1 }}>.
+{%- endif %}""",
 )
 
 # One system prompt per reasoning strategy (ARTE step 2). Editing one means bumping RATIONALE.
@@ -162,6 +167,22 @@ def question_prefill(n_seed: int) -> str:
 def question_stops(n_seed: int, n_new: int) -> tuple[str, ...]:
     """Stop after the last block asked for, or when the model starts a fake user turn."""
     return (f"</Question_{n_seed + n_new}>", TURN_STOP)
+
+
+# Scaffolded drafting (one question per call, field by field): what TeachLab writes between the
+# teacher's fields, and where each field ends. A field also ends where the teacher starts a tag
+# of its own or a fake next turn, so one field never swallows the next.
+# The cue ends before the space: a prompt ending in a space token throws tiny models off (they
+# then number the options); the space the teacher writes itself is normalised away.
+SCAFFOLD_OPTIONS = f"\n{OPTIONS_PREFIX.rstrip()}"
+SCAFFOLD_TARGET = "</input><target>"
+_FIELD_STOPS = ("<target>", "</Question", "<Question", TURN_STOP)
+INPUT_STOPS = ("</input>", *_FIELD_STOPS)
+INPUT_STOPS_BEFORE_OPTIONS = (*INPUT_STOPS, "Options:")
+OPTIONS_STOPS = ("</input>", "\n", "</", *_FIELD_STOPS)
+TARGET_STOPS = ("</target>", "\n", "<", TURN_STOP)
+OPTIONS_TOKENS = 96  # four or five options of a few words each
+TARGET_TOKENS = 48
 
 
 def question_block(index: int, input_text: str, target: str) -> str:

@@ -43,23 +43,47 @@ def _accuracy_block(
     }
 
 
+def majority_answer(gold: Sequence[Hashable]) -> tuple[str, float] | None:
+    """The commonest gold answer of the probe set and its share, when answers repeat."""
+    if not gold:
+        return None
+    counts: dict[str, int] = {}
+    for answer in gold:
+        counts[str(answer)] = counts.get(str(answer), 0) + 1
+    label, count = max(counts.items(), key=lambda kv: kv[1])
+    return (label, count / len(gold)) if count > 1 else None
+
+
 def student_vs_chance(
     correct_zero_shot: Sequence[bool] | None,
     correct_few_shot: Sequence[bool] | None,
     chance_rate: float | None,
     *,
     confidence: float = 0.95,
+    majority: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
     """Zero- and few-shot accuracy on the probe set with exact binomial CIs, next to chance.
 
+    Chance is the better of guessing uniformly (``chance_rate``, 1/choices) and always giving
+    the probe set's commonest answer (``majority``: label and share): on a probe set that is
+    71% "false", a student that always says "false" is not above chance. ``chance_rate`` in the
+    result is that baseline; ``uniform_rate`` and ``majority_*`` are kept beside it.
     Each block is None when its outcomes are not given; ``above_chance`` is None for free-form
     tasks, which have no chance rate.
     """
+    baseline = chance_rate
+    by_majority = chance_rate is not None and majority is not None and majority[1] > chance_rate
+    if by_majority and majority is not None:
+        baseline = majority[1]
     return {
-        "chance_rate": chance_rate,
+        "chance_rate": baseline,
+        "uniform_rate": chance_rate,
+        "majority_label": majority[0] if majority else None,
+        "majority_rate": majority[1] if majority else None,
+        "baseline": "majority" if by_majority else "uniform",
         "confidence": confidence,
-        "zero_shot": _accuracy_block(correct_zero_shot, chance_rate, confidence),
-        "few_shot": _accuracy_block(correct_few_shot, chance_rate, confidence),
+        "zero_shot": _accuracy_block(correct_zero_shot, baseline, confidence),
+        "few_shot": _accuracy_block(correct_few_shot, baseline, confidence),
     }
 
 
@@ -147,6 +171,86 @@ def split_half_reliability(
     }
 
 
+N_SPLITS = 100
+BOOT_SPLITS = 20  # splits each bootstrap resample averages over (the CI is about the drafts)
+
+
+def random_split_reliability(
+    matrix: np.ndarray,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Split-half reliability averaged over many random splits of the probe set.
+
+    One split is a noisy estimate: on 24 probes, two draws of halves can give 0.1 and 0.6 for
+    the same drafts. Each split of ``splits`` (column indices of its two halves) gives every
+    draft a score per half; the reported Spearman and Pearson r are the means over splits of
+    the half correlations, ``reliability`` their Spearman–Brown step-up, and the CIs
+    percentile-bootstrap intervals that resample drafts (each resample averaged over the first
+    ``BOOT_SPLITS`` splits). ``split_range`` is the 5th–95th percentile of single-split reliabilities: how much
+    a single split would have varied. Drafts missing a score on any half are left out.
+    """
+    if not splits:
+        raise DataError("Random-split reliability needs at least one split of the probe set.")
+    halves_a = np.stack([_row_means(matrix[:, a]) for a, _ in splits])  # splits × drafts
+    halves_b = np.stack([_row_means(matrix[:, b]) for _, b in splits])
+    keep = np.isfinite(halves_a).all(axis=0) & np.isfinite(halves_b).all(axis=0)
+    a, b = halves_a[:, keep], halves_b[:, keep]
+    n = int(a.shape[1])
+    nan_ci = (math.nan, math.nan)
+    result: dict[str, Any] = {"n_drafts": n, "confidence": confidence, "n_splits": len(splits)}
+    if n < 3:
+        return result | {
+            "spearman": math.nan,
+            "spearman_ci": nan_ci,
+            "pearson": math.nan,
+            "pearson_ci": nan_ci,
+            "reliability": math.nan,
+            "reliability_ci": nan_ci,
+            "reliability_pearson": math.nan,
+            "split_range": nan_ci,
+        }
+    per_split = _rowwise_spearman(a, b)  # one r per split
+    spearman = _mean_r(per_split)
+    pearson = _mean_r(_rowwise_pearson(a, b))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    a_boot, b_boot = a[:BOOT_SPLITS, idx], b[:BOOT_SPLITS, idx]  # splits × resamples × drafts
+    boot_s = _mean_r(_rowwise_spearman(a_boot, b_boot), axis=0)  # one per resample
+    boot_p = _mean_r(_rowwise_pearson(a_boot, b_boot), axis=0)
+    spearman_ci = _percentile_ci(boot_s, confidence)
+    stepped = np.array([spearman_brown(float(r)) for r in per_split])
+    finite = stepped[np.isfinite(stepped)]
+    spread = (
+        (float(np.percentile(finite, 5)), float(np.percentile(finite, 95)))
+        if finite.size
+        else nan_ci
+    )
+    return result | {
+        "spearman": spearman,
+        "spearman_ci": spearman_ci,
+        "pearson": pearson,
+        "pearson_ci": _percentile_ci(boot_p, confidence),
+        "reliability": spearman_brown(spearman),
+        "reliability_ci": (spearman_brown(spearman_ci[0]), spearman_brown(spearman_ci[1])),
+        "reliability_pearson": spearman_brown(pearson),
+        "split_range": spread,
+    }
+
+
+def _mean_r(r: np.ndarray, axis: int | None = None) -> Any:
+    """Mean of correlations over splits; NaN where most splits have none (constant scores)."""
+    finite = np.isfinite(r)
+    counts = finite.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite, r, 0.0).sum(axis=axis) / counts
+        enough = counts >= 0.5 * (r.size if axis is None else r.shape[axis])
+    out = np.where(enough, mean, np.nan)
+    return float(out) if axis is None else out
+
+
 def label_variance_explained(
     scores: Sequence[float] | np.ndarray, labels: Sequence[Hashable]
 ) -> float:
@@ -226,8 +330,11 @@ def verdict(
         block, which = chance["zero_shot"], "zero-shot"
     if rate is not None and block is not None and not block["above_chance"]:
         where = "below" if block["ci_high"] < rate else "at"
+        baseline = f"chance {_num(rate)}"
+        if chance.get("baseline") == "majority":
+            baseline += f" by always answering '{chance['majority_label']}'"
         figures = (
-            f"{which} {_num(block['accuracy'])}, chance {_num(rate)}, "
+            f"{which} {_num(block['accuracy'])}, {baseline}, "
             f"{_ci(block['ci_low'], block['ci_high'], chance['confidence'])}"
         )
         if result.metric == "accuracy":
@@ -414,6 +521,7 @@ def signal_check(
     max_label_share: float = 0.3,
     label_balanced: bool = False,
     probe_labels: Mapping[Hashable, Hashable] | None = None,
+    n_splits: int = N_SPLITS,
 ) -> SignalCheckResult:
     """Run the whole check on a sample of drafts scored on the probe set.
 
@@ -422,8 +530,9 @@ def signal_check(
     log p(gold) − log p(best other) (``metric="margin"``); a drafts × probes array with NaN
     gaps works too. The probe items are split into two disjoint halves by a seeded shuffle,
     stratified by ``probe_labels`` (each probe's gold answer) when given (see
-    ``probe_halves``); a draft's score on a half is its mean over the items it was scored on
-    there.
+    ``probe_halves``), ``n_splits`` times; a draft's score on a half is its mean over the items
+    it was scored on there, and reliability is averaged over the splits
+    (``random_split_reliability``). ``probe_labels`` also give the majority-answer baseline.
     """
     if metric not in ("accuracy", "margin"):
         raise DataError(f"Unknown score metric {metric!r}; use 'accuracy' or 'margin'.")
@@ -439,8 +548,9 @@ def signal_check(
             f"The split-half check needs at least 2 probe items (got {len(probes)}); "
             "20 or more give a usable estimate."
         )
-    cols_a, cols_b = probe_halves(probes, probe_labels, seed)
-    score_a, score_b = _row_means(matrix[:, cols_a]), _row_means(matrix[:, cols_b])
+    # The first split is the one recorded; reliability averages over ``n_splits`` of them.
+    splits = [probe_halves(probes, probe_labels, seed + k) for k in range(max(1, n_splits))]
+    cols_a, cols_b = splits[0]
     full = _row_means(matrix)
 
     label_share = math.nan
@@ -464,10 +574,14 @@ def signal_check(
         halves=(tuple(int(probes[j]) for j in cols_a), tuple(int(probes[j]) for j in cols_b)),
         mean_score=float(np.nanmean(full)) if np.isfinite(full).any() else math.nan,
         chance=student_vs_chance(
-            zero_shot_correct, few_shot_correct, chance_rate, confidence=confidence
+            zero_shot_correct,
+            few_shot_correct,
+            chance_rate,
+            confidence=confidence,
+            majority=majority_answer(list(probe_labels.values())) if probe_labels else None,
         ),
-        reliability=split_half_reliability(
-            score_a, score_b, n_resamples=n_resamples, confidence=confidence, seed=seed
+        reliability=random_split_reliability(
+            matrix, splits, n_resamples=n_resamples, confidence=confidence, seed=seed
         ),
         label_share=label_share,
         label_counts=label_counts,

@@ -21,22 +21,28 @@ from teachlab.settings import get_settings
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 DEMO_NAME = "demo"
-# Short questions the bundled 270M teacher can write in the tagged format (about 60% of blocks
-# parse at T=0.7 with prefill; on date_understanding almost none do). Run `teachlab check` to see
-# what the student can learn here.
-DEMO_TASK = "bigbench:sports_understanding"
+# Where the bundled pair has a signal (docs/signal-check.md): the SmolLM2-135M student picks the
+# reasonable step of a wikiHow goal well above chance (0.62 vs 0.25 with 24 probes) and a
+# demonstration's effect on it reads the same on both probe halves (margin reliability 0.72),
+# and the short questions are ones the 270M teacher can write when drafting is scaffolded.
+DEMO_TASK = "bigbench:goal_step_wikihow/step_inference"
 # Small enough for a whole round in minutes on a 2-core CPU. Pairs use the gold-answer margin:
 # a 135M student's probe accuracy often ties between drafts, and ties make no pairs.
 DEMO_CONFIG: dict[str, Any] = {
     "n_questions": 8,
     "n_rationales": 2,
-    "n_probe": 16,
+    "n_probe": 24,
     "n_test": 24,
     "n_tailored": 4,
     "dpo_max_steps": 4,
     "sft_max_steps": 4,
     "pair_metric": "margin",
+    "scaffold": True,
 }
+DEMO_DESCRIPTION = (
+    "Demo: the bundled Gemma 3 270M teaches the bundled SmolLM2-135M to pick the most "
+    "reasonable step towards a goal (BIG-bench goal_step_wikihow, step inference)."
+)
 
 
 @dataclass(frozen=True)
@@ -218,13 +224,17 @@ def ensure_demo_study(db_path: Path | None = None) -> Study | None:
             return None
     if DEMO_TASK.split(":", 1)[1] not in list_bigbench():
         return None  # task data not fetched yet (`teachlab data fetch`)
+    return create_demo_study(DEMO_NAME, db_path=db_path)
+
+
+def create_demo_study(name: str = DEMO_NAME, db_path: Path | None = None) -> Study:
+    """The demo study: the demo task and settings on the bundled models, with guidelines."""
     return create_study(
-        DEMO_NAME,
+        name,
         DEMO_TASK,
         seed=0,
         config=DEMO_CONFIG,
-        description="Demo: the bundled Gemma 3 270M teaches the bundled SmolLM2-135M "
-        "sports understanding (BIG-bench).",
+        description=DEMO_DESCRIPTION,
         guidelines="Prefer the draft whose question is well-formed, whose target is correct, and "
         "whose rationale reaches the target by valid steps. When both are bad, reject the pair.",
         db_path=db_path,

@@ -33,6 +33,15 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
 
 
 @runtime_checkable
+class ChoosingBackend(Protocol):
+    """A backend that can also rank given continuations by log-probability (transformers)."""
+
+    def choose(self, prompt: str, options: Sequence[str], closing: str = "") -> list[float]:
+        """Each option's summed log-probability (followed by ``closing``) after ``prompt``."""
+        ...
+
+
+@runtime_checkable
 class GenerationBackend(Protocol):
     name: str
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from teachlab.models import LoadedModel
 
 DEFAULT_BATCH_SIZE = 8
+CHOICE_BUDGET_BYTES = 256 << 20  # KV cache memory for scoring a question's options
 
 
 def batch_seed(request: GenRequest) -> int:
@@ -263,6 +264,31 @@ class HFBackend:
         shared = copy.deepcopy(self._prefix[1])
         shared.batch_repeat_interleave(batch_size)
         return shared
+
+    def choose(self, prompt: str, options: Sequence[str], closing: str = "") -> list[float]:
+        """The summed log-probability of each option (then ``closing``) as the continuation of
+        ``prompt``: how likely the model is to write that answer there. Answer forcing picks
+        the likeliest of a question's options this way instead of sampling free text."""
+        from teachlab.score.loglik import loglik_batched
+
+        ids = prompt_token_ids(self.tokenizer, prompt)
+        candidates = [
+            list(self.tokenizer(o + closing, add_special_tokens=False)["input_ids"])
+            for o in options
+        ]
+        pad_id = self.tokenizer.pad_token_id
+        pad_id = self.tokenizer.eos_token_id if pad_id is None else pad_id
+        # The last prompt token is the "question" whose logits score each option's first token.
+        [scores] = loglik_batched(
+            self.model,
+            ids[:-1],
+            [ids[-1:]],
+            [candidates],
+            pad_id=pad_id,
+            batch_size=self.batch_size,
+            budget_bytes=CHOICE_BUDGET_BYTES,
+        )
+        return list(scores.logprobs)
 
     def close(self) -> None:
         self.model = None
