@@ -38,6 +38,22 @@ def _check(round_id: int, level: str) -> int:
         return row.id  # type: ignore[return-value]
 
 
+def test_a_majority_baseline_is_named_beside_the_figures(db_path: Path) -> None:
+    seeded = seed_study(finished_rounds=0)
+    chance = {**RESULT["chance"], "chance_rate": 0.75, "baseline": "majority"}  # type: ignore[dict-item]
+    with write_session() as s:
+        s.add(
+            SignalCheck(
+                round_id=seeded.current,
+                level="stop",
+                reasons=[],
+                result={**RESULT, "chance": {**chance, "majority_label": "false"}},
+            )
+        )
+    text = gate_for(seeded.current).markdown()
+    assert "few-shot 0.55 vs chance 0.75 by always answering 'false' (95% CI 0.32–0.76)" in text
+
+
 def test_without_a_check_nothing_is_held_and_the_page_says_to_run_one(db_path: Path) -> None:
     seeded = seed_study(finished_rounds=0)
     with write_session() as s:  # the seeded "warn" check: remove it to see a round without one

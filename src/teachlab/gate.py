@@ -41,8 +41,13 @@ class Gate:
         rate = chance.get("chance_rate")
         if block and rate is not None:
             shots = "few-shot" if chance.get("few_shot") else "zero-shot"
+            by = (
+                f" by always answering '{chance['majority_label']}'"
+                if chance.get("baseline") == "majority"
+                else ""
+            )
             parts.append(
-                f"student {shots} {block['accuracy']:.2f} vs chance {rate:.2f} "
+                f"student {shots} {block['accuracy']:.2f} vs chance {rate:.2f}{by} "
                 f"(95% CI {block['ci_low']:.2f}–{block['ci_high']:.2f})"
             )
         rel = self.result.get("reliability") or {}
