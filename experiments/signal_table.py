@@ -186,8 +186,11 @@ class CallBudget:
             raise Cancelled
 
 
-def parse_row(task_name: str, backend: Any, calls: int) -> dict[str, Any]:
-    """The demo study's question drafting on this task, for ``calls`` teacher calls."""
+def parse_row(
+    task_name: str, backend: Any, calls: int, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The demo study's question drafting on this task, for ``calls`` teacher calls
+    (``overrides``: drafting settings that differ from the demo study's)."""
     from sqlmodel import select
 
     from teachlab.config import StudyConfig
@@ -196,11 +199,11 @@ def parse_row(task_name: str, backend: Any, calls: int) -> dict[str, Any]:
     from teachlab.jobs.context import Cancelled
     from teachlab.studies import DEMO_CONFIG, create_study, current_round
 
-    demo = StudyConfig.from_dict(DEMO_CONFIG)
+    demo = StudyConfig.from_dict({**DEMO_CONFIG, **(overrides or {})})
     per_call = 1 if demo.scaffold else demo.questions_per_call
-    config = {**DEMO_CONFIG, "n_questions": calls * per_call}
+    config = {**DEMO_CONFIG, **(overrides or {}), "n_questions": calls * per_call}
     study = create_study(
-        f"parse-{task_name.replace('/', '-')}",
+        f"parse-{time.monotonic_ns()}",  # a throw-away study in the scratch storage
         f"bigbench:{task_name}",
         teacher=TEACHER,
         config=config,
@@ -217,6 +220,8 @@ def parse_row(task_name: str, backend: Any, calls: int) -> dict[str, Any]:
     by_status = {s: sum(d.status == s for d in rows) for s in ("ok", "duplicate", "rejected")}
     called = len({d.idem_key.split(":")[1] for d in rows})
     return {
+        "task": task_name,
+        "settings": describe_drafting(demo),
         "calls": called,
         "blocks": len(rows),
         **by_status,
@@ -248,11 +253,35 @@ def signal_key(task: str, student: str, n_probe: int, demos: int) -> str:
     return f"{task}|{student}|probe={n_probe}|demos={demos}|seed={SEED}"
 
 
-def parse_key(task: str, calls: int) -> str:
+def describe_drafting(cfg: Any) -> str:
+    """The drafting settings a parse rate depends on, in words."""
+    shape = (
+        "scaffolded, one question per call"
+        if cfg.scaffold
+        else f"{cfg.questions_per_call} questions per call"
+        + (", prefilled" if cfg.prefill else ", no prefill")
+    )
+    return f"T {cfg.question_temperature:g}, {shape}, {cfg.max_new_tokens} tokens"
+
+
+def parse_key(task: str, calls: int, overrides: dict[str, Any] | None = None) -> str:
+    from teachlab.config import StudyConfig
     from teachlab.studies import DEMO_CONFIG
 
-    scaffold = bool(DEMO_CONFIG.get("scaffold"))
-    return f"{task}|{TEACHER}|calls={calls}|scaffold={scaffold}|seed={SEED}"
+    cfg = StudyConfig.from_dict({**DEMO_CONFIG, **(overrides or {})})
+    return f"{task}|{TEACHER}|calls={calls}|{describe_drafting(cfg)}|seed={SEED}"
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` drafting settings over the demo study's (JSON values: true, 0.7, 5)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def screen_key(task: str, student: str) -> str:
@@ -296,7 +325,12 @@ LEVEL = {"ok": "ok", "warn": "warn", "stop": "STOP"}
 
 
 def _parse_text(cache: dict[str, Any], task: str) -> str:
-    found = [r for k, r in cache["parse"].items() if k.split("|")[0] == task]
+    """The parse rate with the demo study's own drafting settings."""
+    from teachlab.config import StudyConfig
+    from teachlab.studies import DEMO_CONFIG
+
+    demo = describe_drafting(StudyConfig.from_dict(DEMO_CONFIG))
+    found = [r for r in cache["parse"].values() if r.get("task") == task and r["settings"] == demo]
     if not found:
         return "–"
     row = max(found, key=lambda r: r["calls"])
@@ -377,9 +411,34 @@ def render(cache: dict[str, Any], out_name: str) -> str:
                     reasons.append(f"- {task}, {student}, {n_probe} probes, {metric}: {reason}")
         lines.append("")
     lines += render_screen(cache)
+    lines += render_parse(cache)
     lines += ["<details><summary>The check's reasons, row by row</summary>", ""]
     lines += [*reasons, "", "</details>", ""]
     return "\n".join(lines)
+
+
+def render_parse(cache: dict[str, Any]) -> list[str]:
+    """Every teacher parse measurement: a task's rate under each drafting setting tried."""
+    rows = sorted(cache.get("parse", {}).values(), key=lambda r: (r["task"], r["settings"]))
+    if not rows:
+        return []
+    lines = [
+        "## The bundled teacher's questions: how many parse",
+        "",
+        "Each row: the demo study's question prompt on the task for a few teacher calls, with "
+        "the drafting settings shown; a block parses when it has an input and a target that "
+        "passes the target check (options listed, target among them).",
+        "",
+        "| task | drafting | calls | blocks | ok | duplicate | parse rate | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rate = "–" if r["parse_rate"] is None else f"{r['parse_rate']:.0%}"
+        lines.append(
+            f"| {r['task']} | {r['settings']} | {r['calls']} | {r['blocks']} | {r['ok']} | "
+            f"{r['duplicate']} | {rate} | {r['seconds']:.0f} |"
+        )
+    return [*lines, ""]
 
 
 SCREEN_SHOWN = 25
@@ -425,6 +484,12 @@ def main() -> None:
     parser.add_argument("--n-probe", type=int, default=16)
     parser.add_argument("--demos", type=int, default=24)
     parser.add_argument("--parse-calls", type=int, default=4, help="0: no teacher parse rates")
+    parser.add_argument(
+        "--parse-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a drafting setting over the demo study's for the parse rates (repeatable)",
+    )
     parser.add_argument("--no-signal", action="store_true", help="only the teacher parse rates")
     parser.add_argument(
         "--screen", action="store_true", help="first screen every usable multiple-choice task"
@@ -478,7 +543,8 @@ def main() -> None:
     from teachlab import models
 
     if args.parse_calls and not out_of_time("the teacher parse rates"):
-        todo = [t for t in tasks if parse_key(t, args.parse_calls) not in cache["parse"]]
+        overrides = parse_sets(args.parse_set)
+        todo = [t for t in tasks if parse_key(t, args.parse_calls, overrides) not in cache["parse"]]
         if todo:
             from teachlab.backends.hf import HFBackend
 
@@ -486,8 +552,8 @@ def main() -> None:
             for task in todo:
                 if out_of_time(f"parsing {task}"):
                     break
-                row = parse_row(task, backend, args.parse_calls)
-                cache["parse"][parse_key(task, args.parse_calls)] = row
+                row = parse_row(task, backend, args.parse_calls, overrides)
+                cache["parse"][parse_key(task, args.parse_calls, overrides)] = row
                 print(f"teacher on {task}: {row}", flush=True)
                 write()
     if args.screen:
