@@ -115,3 +115,21 @@ def test_the_cli_refuses_a_held_stage_with_a_way_out(db_path: Path) -> None:
     assert "says stop (reason for stop)" in done.stderr and "--override" in done.stderr
     with read_session() as s:
         assert not s.exec(select(Run).where(Run.kind == "score", Run.status == "queued")).all()
+
+
+def test_the_cli_shows_the_checks_figures_before_a_stage_runs(db_path: Path) -> None:
+    seeded = seed_study(finished_rounds=0)
+    _check(seeded.current, "warn")
+    env = {**os.environ, "TEACHLAB_STORAGE": str(get_settings().storage)}
+    done = subprocess.run(
+        [sys.executable, "-m", "teachlab", "run", "stage", "pairs", "--study", seeded.name],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    first = next(line for line in done.stderr.splitlines() if line.startswith("Signal check"))
+    assert first.startswith("Signal check of round 0: warn — student few-shot 0.55 vs chance 0.50")
+    assert "  - reason for warn" in done.stderr

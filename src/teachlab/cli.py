@@ -308,7 +308,8 @@ def _run_foreground(
     if gate.level is not None and kind != "check":
         typer.echo(
             f"Signal check of round {rnd.index}: {gate.level}"
-            + (f" (overridden by {gate.overridden_by})" if gate.overridden_by else ""),
+            + (f" (overridden by {gate.overridden_by})" if gate.overridden_by else "")
+            + (f" — {gate.figures()}" if gate.figures() else ""),
             err=True,
         )
         for reason in gate.reasons:
