@@ -35,6 +35,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "n_test": 24,
     "n_tailored": 4,
     "dpo_max_steps": 4,
+    "dpo_batch_size": 2,  # this task's question prompts are long: 4 pairs a step took 2 min
     "sft_max_steps": 4,
     "pair_metric": "margin",
     "scaffold": True,
