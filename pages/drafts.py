@@ -86,6 +86,13 @@ def draft_html(detail: views.DraftDetail) -> str:
         )
         parts.append(_section("Rationales of this question", f"<ul>{rows}</ul>"))
     raw = (f"[prefilled] {d.prefill}\n" if d.prefill else "") + (d.raw_output or "")
+    if (d.sampling or {}).get("scaffold"):
+        raw = (
+            "[scaffolded: TeachLab wrote the tags and the 'Options:' cue between the fields]\n"
+            + raw
+        )
+    if "answer-chosen" in (d.flags or []):
+        raw += "\n[answer chosen among the options by the teacher's likelihood]"
     parts.append(_section("Raw teacher output", pre(raw)))
     parts.append(
         f"<details><summary>Prompt (template {esc(d.template_version or '?')})</summary>"

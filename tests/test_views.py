@@ -397,3 +397,20 @@ def test_round_options_newest_first_and_cli_command(data: dict[str, Any]) -> Non
     frame = views.runs_frame(data["study"])
     assert list(frame["id"]) == [data["align"], data["draft_run"]]
     assert list(frame["progress"]) == ["3/10", "5/5"]
+
+
+def test_draft_view_says_which_parts_teachlab_wrote(db_path: Path) -> None:
+    from seeding import seed_study
+
+    from pages.drafts import draft_html
+
+    seeded = seed_study(finished_rounds=0)
+    draft_id = seeded.drafts[seeded.current][0]
+    with write_session() as s:
+        d = s.get(Draft, draft_id)
+        d.sampling = {**(d.sampling or {}), "scaffold": True}  # type: ignore[union-attr]
+        d.flags = [*(d.flags or []), "answer-chosen"]  # type: ignore[union-attr]
+        s.add(d)
+    html = draft_html(views.draft_detail(draft_id))
+    assert "[scaffolded: TeachLab wrote the tags and the &#x27;Options:&#x27; cue" in html
+    assert "[answer chosen among the options by the teacher&#x27;s likelihood]" in html
