@@ -60,6 +60,15 @@ def bbh_tasks(all_subtasks: bool = False) -> list[str]:
     return [t for t in names if "/" not in t or t.endswith("/three_objects")]
 
 
+def default_tasks(all_subtasks: bool = False) -> list[str]:
+    """The BBH tasks, and the demo study's task when it is not one of them."""
+    from teachlab.studies import DEMO_TASK
+
+    names = bbh_tasks(all_subtasks)
+    demo = DEMO_TASK.split(":", 1)[1]
+    return names if demo in names else [*names, demo]
+
+
 # --- measuring -----------------------------------------------------------------------------------
 
 
@@ -346,6 +355,8 @@ HEADER = (
 
 
 def render(cache: dict[str, Any], out_name: str) -> str:
+    from teachlab.studies import DEMO_TASK
+
     lines = [
         "# Signal check over BIG-bench tasks",
         "",
@@ -387,7 +398,8 @@ def render(cache: dict[str, Any], out_name: str) -> str:
         lines += [
             f"## {n_probe} probe items, {demos} demonstrations",
             "",
-            f"{len(rows)} rows, {minutes:.0f} min of compute for the students.",
+            f"{len(rows)} rows, {minutes:.0f} min of compute for the students. "
+            + _group_summary(rows),
             "",
             HEADER,
             "|" + "---|" * 10,
@@ -395,13 +407,14 @@ def render(cache: dict[str, Any], out_name: str) -> str:
         order = {s: i for i, s in enumerate(STUDENTS)}
         for row in sorted(rows, key=lambda r: (r["task"], order.get(r["student"], 9))):
             task, student = row["task"], _short(row["student"])
+            shown = f"{task} (demo)" if task == DEMO_TASK.split(":", 1)[1] else task
             acc, mar = row["metrics"]["accuracy"], row["metrics"]["margin"]
             chance = row["chance"]
             shares = f"{_f(acc['label_share'])} / {_f(mar['label_share'])}"
             verdicts = f"{LEVEL[acc['verdict']['level']]} / {LEVEL[mar['verdict']['level']]}"
             mark = "ᵐ" if chance.get("baseline") == "majority" else ""
             lines.append(
-                f"| {task} | {student} | {_f(chance['chance_rate'])}{mark} | "
+                f"| {shown} | {student} | {_f(chance['chance_rate'])}{mark} | "
                 f"{_acc(chance['zero_shot'], False)} | {_acc(chance['few_shot'], True)} | "
                 f"{_rel(acc)} | {_rel(mar)} | {shares} | {verdicts} | "
                 f"{_parse_text(cache, task)} |"
@@ -415,6 +428,20 @@ def render(cache: dict[str, Any], out_name: str) -> str:
     lines += ["<details><summary>The check's reasons, row by row</summary>", ""]
     lines += [*reasons, "", "</details>", ""]
     return "\n".join(lines)
+
+
+def _group_summary(rows: list[dict[str, Any]]) -> str:
+    """Which rows clear chance, and which pass the check on each metric."""
+
+    def names(picked: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{r['task']} ({_short(r['student'])})" for r in picked) or "none"
+
+    above = [r for r in rows if (r["chance"]["few_shot"] or {}).get("above_chance")]
+    text = f"Student above chance (the whole 3-shot CI): {names(above)}."
+    for metric in ("accuracy", "margin"):
+        ok = [r for r in rows if r["metrics"][metric]["verdict"]["level"] == "ok"]
+        text += f" Verdict ok on the {metric}: {names(ok)}."
+    return text
 
 
 def render_parse(cache: dict[str, Any]) -> list[str]:
@@ -478,7 +505,9 @@ def render_screen(cache: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="*", help="BIG-bench task names (default: every BBH one)")
+    parser.add_argument(
+        "--tasks", nargs="*", help="BIG-bench task names (default: every BBH one and the demo's)"
+    )
     parser.add_argument("--all-subtasks", action="store_true", help="every subtask, not one")
     parser.add_argument("--students", nargs="*", default=list(STUDENTS))
     parser.add_argument("--n-probe", type=int, default=16)
@@ -516,7 +545,7 @@ def main() -> None:
     os.environ["TEACHLAB_STORAGE"] = scratch.name
     get_settings.cache_clear()
 
-    tasks = args.tasks or bbh_tasks(args.all_subtasks)
+    tasks = args.tasks or default_tasks(args.all_subtasks)
     out = Path(args.out)
     cache_path = out.with_name(out.name + ".json")
     cache = load_cache(cache_path)

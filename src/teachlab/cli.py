@@ -374,10 +374,16 @@ def check(
     from teachlab.check import latest_check
     from teachlab.studies import current_round, get_study
 
+    from teachlab.gate import gate_for
+
     code = _run_foreground(study, "check")
-    found = latest_check(current_round(get_study(study).id).id)  # type: ignore[arg-type]
+    round_id = current_round(get_study(study).id).id  # type: ignore[arg-type]
+    found = latest_check(round_id)  # type: ignore[arg-type]
     if found is not None:
         typer.echo(f"verdict: {found.level}")
+        figures = gate_for(round_id).figures()  # type: ignore[arg-type]
+        if figures:
+            typer.echo(figures)
         for reason in found.reasons:
             typer.echo(f"- {reason}")
     raise typer.Exit(code)
