@@ -372,9 +372,8 @@ def check(
     Example: teachlab check --study demo
     """
     from teachlab.check import latest_check
-    from teachlab.studies import current_round, get_study
-
     from teachlab.gate import gate_for
+    from teachlab.studies import current_round, get_study
 
     code = _run_foreground(study, "check")
     round_id = current_round(get_study(study).id).id  # type: ignore[arg-type]
