@@ -354,3 +354,19 @@ def test_generate_fast_path_matches_plain_generate(student: Any) -> None:
         for outcome, probe in zip(fast, probes, strict=True):
             assert outcome.predicted == extract_answer(outcome.output, probe.choices)
             assert "Question:" not in outcome.output
+
+
+@pytest.mark.slow
+def test_caches_pass_under_the_keyword_the_model_takes(student: Any) -> None:
+    """No deprecated keyword: a cache handed over under a name transformers is dropping."""
+    import inspect
+    import warnings
+
+    from teachlab.score.engine import encode_prefix, with_cache
+
+    (keyword,) = with_cache(student.model, None)
+    assert keyword in inspect.signature(type(student.model).forward).parameters
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        cache = encode_prefix(student.model, [1, 2, 3, 4])
+    assert cache.get_seq_length() == 4

@@ -194,6 +194,8 @@ class HFBackend:
         import torch
         from transformers import DynamicCache
 
+        from teachlab.score.engine import with_cache
+
         rows, width = len(encoded), max(len(ids) for ids in encoded)
         device = next(self.model.parameters()).device
         if rows > 1 and all(ids == encoded[0] for ids in encoded):
@@ -218,7 +220,7 @@ class HFBackend:
                 input_ids=ids,
                 attention_mask=attention,
                 position_ids=positions,
-                past_key_values=cache,
+                **with_cache(self.model, cache),
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1, :]
@@ -251,13 +253,15 @@ class HFBackend:
         import torch
         from transformers import DynamicCache
 
+        from teachlab.score.engine import with_cache
+
         key = tuple(ids)
         if self._prefix is None or self._prefix[0] != key:
             cache = DynamicCache(config=self.model.config)
             with torch.inference_mode():
                 self.model(
                     input_ids=torch.tensor([ids[:-1]], device=device),
-                    past_key_values=cache,
+                    **with_cache(self.model, cache),
                     use_cache=True,
                 )
             self._prefix = (key, cache)

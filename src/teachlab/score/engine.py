@@ -8,6 +8,8 @@ the same index and one prefix cache serves every row.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -36,6 +38,22 @@ def select_rows(cache: Any, rows: torch.Tensor) -> Any:
     return new
 
 
+def with_cache(model: Any, cache: Any) -> dict[str, Any]:
+    """The forward keyword argument that hands ``cache`` to ``model``.
+
+    transformers 5 renamed ``past_key_values`` to ``cache`` (the old name is deprecated and
+    due to go); the name is read off the model's own forward, so either release works.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cls: Any = type(base)
+    return {_cache_keyword(cls): cache}
+
+
+@functools.cache
+def _cache_keyword(cls: Any) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
 def device_of(model: Any) -> torch.device:
     return next(model.parameters()).device
 
@@ -47,7 +65,7 @@ def encode_prefix(model: Any, prefix: Sequence[int]) -> Any:
     cache = DynamicCache(config=model.config)
     if prefix:
         ids = torch.tensor([list(prefix)], device=device_of(model))
-        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=ids, **with_cache(model, cache), use_cache=True, logits_to_keep=1)
     return cache
 
 
@@ -123,7 +141,7 @@ def generate_batched(
                 input_ids=ids,
                 attention_mask=attention,
                 position_ids=positions,
-                past_key_values=cache,
+                **with_cache(model, cache),
                 use_cache=True,
                 logits_to_keep=1,
             )

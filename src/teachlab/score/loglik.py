@@ -19,6 +19,7 @@ from teachlab.score.engine import (
     plan_batches,
     select_rows,
     suffix_batch,
+    with_cache,
 )
 
 
@@ -154,7 +155,7 @@ def _tree(
             input_ids=ids.to(device),
             attention_mask=mask[:, None].to(device),
             position_ids=positions.to(device),
-            past_key_values=select_rows(base, rows),
+            **with_cache(model, select_rows(base, rows)),
             use_cache=True,
             # Logits only where a token is scored, flattened in row-major order.
             logits_to_keep=keep.to(device),
@@ -205,7 +206,7 @@ def _two_stage(
             input_ids=ids,
             attention_mask=attention,
             position_ids=positions,
-            past_key_values=cache,
+            **with_cache(model, cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -256,7 +257,7 @@ def _continuations(
         input_ids=ids.to(device),
         attention_mask=torch.cat([attention[rows], keep.long()], dim=1),
         position_ids=positions,
-        past_key_values=select_rows(cache, rows),
+        **with_cache(model, select_rows(cache, rows)),
         use_cache=True,
         logits_to_keep=keep,
     )
