@@ -468,3 +468,53 @@ def test_sft_trains_on_the_completion_only(tmp_path: Path) -> None:
     rows = _metrics(db, run_id)
     assert {step for step, name, _ in rows if name == "loss"} == {1, 2}
     assert max(Counter((name, step) for step, name, _ in rows).values()) == 1
+
+
+# --- trl's fused LM head on the CPU ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_scoring_only_labelled_positions_changes_neither_loss_nor_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CPU speed-up in ``score_only_labelled_positions_on_cpu`` is exact: the same loss,
+    per-token log-probs and gradients as trl's every-position path, on a padded batch whose
+    prompts carry no labels."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils as trl_utils
+
+    from teachlab import models
+    from teachlab.train.common import score_only_labelled_positions_on_cpu
+
+    shipped = trl_utils._use_triton
+    monkeypatch.setattr(trl_utils, "_use_triton", shipped)  # restored after the test
+    assert not shipped(torch.device("cpu")), "trl now scores only labelled positions itself"
+
+    model = AutoModelForCausalLM.from_pretrained(models.fetch(STUDENT), dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 1000, (3, 24), generator=generator)
+    labels = ids.clone()
+    labels[:, :15] = -100  # the prompt
+    labels[1, 20:] = -100  # padding
+    attention = (labels != -100) | (torch.arange(24) < 15)
+
+    def forward() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        fields = {k: getattr(out, k).detach() for k in ("log_probs", "entropy", "mean_logits")}
+        return out.loss.detach(), fields, model.model.norm.weight.grad.clone()
+
+    loss, fields, grad = forward()
+    assert score_only_labelled_positions_on_cpu() and score_only_labelled_positions_on_cpu()
+    assert trl_utils._use_triton is not shipped
+    fast_loss, fast_fields, fast_grad = forward()
+
+    torch.testing.assert_close(fast_loss, loss, rtol=1e-5, atol=1e-6)
+    mask = labels[:, 1:] != -100
+    for name, value in fields.items():
+        torch.testing.assert_close(fast_fields[name][mask], value[mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_grad, grad, rtol=1e-4, atol=1e-6)
+    assert grad.abs().sum() > 0

@@ -420,6 +420,36 @@ def lora_config(rank: int) -> Any:
 # --- running --------------------------------------------------------------------------------
 
 
+def score_only_labelled_positions_on_cpu() -> bool:
+    """Make trl's fused LM head skip unlabelled positions on the CPU too; True once it does.
+
+    trl (1.16) computes DPO and SFT log-probs in vocabulary chunks. On Triton devices it scores
+    only the positions that carry a label; elsewhere it scores every position, prompt and
+    padding included, so that tile shapes stay fixed for compilers (Neuron). Eager CPU torch
+    has nothing to recompile, and the wasted work is most of the step: with Gemma 3's
+    262,144-token vocabulary and ARTE's long prompts the align stage took twice as long.
+    Losses and gradients are unchanged (``tests/test_train.py`` compares both paths). The
+    choice is one module-level function in trl; where a trl release no longer has it, training
+    runs as trl ships it.
+    """
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        return False
+    choose = getattr(trl_utils, "_use_triton", None)
+    if choose is None:
+        return False
+    if getattr(choose, "_teachlab_cpu_compact", False):
+        return True
+
+    def use_compact(device: Any) -> bool:
+        return device.type == "cpu" or bool(choose(device))
+
+    use_compact._teachlab_cpu_compact = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = use_compact
+    return True
+
+
 def run_training(
     trainer: Trainer,
     ctx: StageContext,
@@ -441,6 +471,7 @@ def run_training(
         ctx.log(f"Resuming from {resume.name}.")
     # Progress and metrics go through ctx and the database, not stdout.
     trainer.remove_callback(PrinterCallback)
+    score_only_labelled_positions_on_cpu()
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     if metrics.cancelled:
         raise Cancelled(
