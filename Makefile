@@ -61,6 +61,7 @@ format: install
 bench: install data models $(STAMP)/bench
 	$(BIN)/python benchmarks/scoring.py
 	$(BIN)/python benchmarks/generation.py
+	$(BIN)/python benchmarks/training.py
 
 $(STAMP)/bench: $(STAMP)/install
 	$(BIN)/python -m pip install -q -e '.[bench]'

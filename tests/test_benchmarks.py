@@ -1,5 +1,5 @@
 """The benchmark scripts: the compute-bound arithmetic by hand, and (slow, the bundled models)
-smoke runs of ``benchmarks/scoring.py`` and ``benchmarks/generation.py`` with ``--quick``."""
+smoke runs of ``benchmarks/scoring.py``, ``generation.py`` (``--quick``) and ``training.py``."""
 
 from __future__ import annotations
 
@@ -106,3 +106,25 @@ def test_generation_benchmark_prints_the_batched_to_single_ratio() -> None:
         assert value and float(value.group(1)) > 0, out
     rows = re.findall(r"^(single-stream|batched \(2 rows\)) +[\d.]+ +(\d+) ", out, re.MULTILINE)
     assert len(rows) == 4 and all(int(tokens) > 0 for _, tokens in rows), out
+
+
+@pytest.mark.slow
+def test_training_benchmark_runs_both_lm_head_paths_to_the_same_losses() -> None:
+    steps = 2
+    out = _run(
+        "training.py", "--teacher", "bundled:smollm2-135m-instruct", "--steps", str(steps),
+        "--batch", "1",
+    )  # fmt: skip
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in out.splitlines()
+        if line.startswith(("trl-every-position ", "labelled-positions "))
+    }
+    assert list(rows) == ["trl-every-position", "labelled-positions"], out
+    losses = []
+    for per_step, peak, unit, *rest in rows.values():
+        assert float(per_step) > 0 and float(peak) > 0 and unit == "G"
+        assert len(rest) == 2 * steps and all(float(v) > 0 for v in rest), out
+        losses.append(rest[steps:])
+    assert losses[0] == losses[1], out  # the same losses, printed to 4 places
+    assert re.search(rf"baseline: {NUMBER}x faster .* losses equal to 1e-3$", out, re.MULTILINE)

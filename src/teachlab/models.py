@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,12 @@ from teachlab.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# peft and trl still read `model.is_gradient_checkpointing`, which transformers 5 renamed; the
+# warning is theirs to fix and says nothing to a researcher watching a round.
+warnings.filterwarnings(
+    "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)
 
 BUNDLED_PREFIX = "bundled:"
 COMPLETE_MARKER = ".complete"
