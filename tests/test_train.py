@@ -487,8 +487,9 @@ def test_scoring_only_labelled_positions_changes_neither_loss_nor_gradients(
     from teachlab import models
     from teachlab.train.common import score_only_labelled_positions_on_cpu
 
-    shipped = trl_utils._use_triton
-    monkeypatch.setattr(trl_utils, "_use_triton", shipped)  # restored after the test
+    current = trl_utils._use_triton  # an earlier training run in this process may have switched it
+    shipped = getattr(current, "_teachlab_shipped", current)
+    monkeypatch.setattr(trl_utils, "_use_triton", shipped)  # `current` comes back after the test
     assert not shipped(torch.device("cpu")), "trl now scores only labelled positions itself"
 
     model = AutoModelForCausalLM.from_pretrained(models.fetch(STUDENT), dtype=torch.float32)

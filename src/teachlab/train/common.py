@@ -430,7 +430,7 @@ def score_only_labelled_positions_on_cpu() -> bool:
     262,144-token vocabulary and ARTE's long prompts the align stage took twice as long.
     Losses and gradients are unchanged (``tests/test_train.py`` compares both paths). The
     choice is one module-level function in trl; where a trl release no longer has it, training
-    runs as trl ships it.
+    runs as trl ships it. trl's own choice stays reachable as ``_teachlab_shipped``.
     """
     try:
         from trl.trainer import utils as trl_utils
@@ -446,6 +446,7 @@ def score_only_labelled_positions_on_cpu() -> bool:
         return device.type == "cpu" or bool(choose(device))
 
     use_compact._teachlab_cpu_compact = True  # type: ignore[attr-defined]
+    use_compact._teachlab_shipped = choose  # type: ignore[attr-defined]
     trl_utils._use_triton = use_compact
     return True
 
