@@ -65,6 +65,16 @@ def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _quiet_library_bars() -> None:
+    """Hide the libraries' own progress bars (weights loading, dataset maps): one line of ours
+    per stage says the same, and theirs would break it up."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
 def _echo_progress(done: int, total: int, message: str) -> None:
     width = 30
     filled = int(width * done / total) if total else 0
@@ -323,6 +333,7 @@ def _run_foreground(
         requested_by="cli",
     )
     typer.echo(f"Run #{run.id}: {kind} on study {study.name!r}, round {rnd.index}", err=True)
+    _quiet_library_bars()
     final = execute(run.id, echo=_echo_progress)  # type: ignore[arg-type]
     typer.echo(f"Run #{final.id} {final.status}" + (f": {final.error}" if final.error else ""))
     return 0 if final.status == "succeeded" else 1
@@ -440,6 +451,7 @@ def run_resume(
 
     runs.prepare_resume(run_id)
     if foreground:
+        _quiet_library_bars()
         final = execute(run_id, echo=_echo_progress)
         typer.echo(f"Run #{run_id} {final.status}" + (f": {final.error}" if final.error else ""))
         raise typer.Exit(0 if final.status == "succeeded" else 1)
