@@ -1,8 +1,8 @@
 """DPO steps on the CPU: trl's every-position LM head (baseline) vs labelled positions only.
 
 The align stage trains the bundled teacher (Gemma 3 270M, 262,144-token vocabulary) on pairs
-whose prompts are long and whose completions are short: the demo study's question prompts
-are ~400 tokens, the questions ~60. trl 1.16 scores every position on the CPU; TeachLab makes
+whose prompts are long and whose completions are short (the demo study's question prompts
+run to a few hundred tokens, the questions a few dozen). trl 1.16 scores every position on the CPU; TeachLab makes
 it score only the positions that carry a label (``score_only_labelled_positions_on_cpu``).
 Both paths train the same LoRA from the same seed on the same pairs, one after the other in
 a process of its own; the script prints seconds per step, peak memory and the losses of each.
@@ -62,7 +62,7 @@ def pair_rows(task: Any, tokenizer: Any, n_pairs: int, seed: int) -> list[dict[s
     included), two other task questions as chosen and rejected."""
     import random
 
-    from teachlab.prompts import question_completion, question_messages, question_prefill
+    from teachlab import prompts
     from teachlab.train.dpo import tokenize_pairs
 
     rng = random.Random(seed)
@@ -70,14 +70,21 @@ def pair_rows(task: Any, tokenizer: Any, n_pairs: int, seed: int) -> list[dict[s
     rows = []
     for _ in range(n_pairs):
         picked = rng.sample(examples, 5)
-        seeds = [{"input": e.input, "target": e.target} for e in picked[:3]]
-        prefill = question_prefill(len(seeds))
-        messages = question_messages(task.name, task.description, seeds, 1)
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = [prompts.question_text(e.input, e.choices) for e in picked]
+        seeds = [{"input": x, "target": e.target} for x, e in zip(inputs, picked[:3], strict=False)]
+        prefill = prompts.question_prefill(len(seeds))
+        messages = prompts.question_messages(task.name, task.description, seeds, 1)
         chosen, rejected = (
-            question_completion(e.input, e.target, len(seeds), prefill) for e in picked[3:]
+            prompts.question_completion(x, e.target, len(seeds), prefill)
+            for x, e in zip(inputs[3:], picked[3:], strict=True)
         )
-        rows.append({"prompt": prompt + prefill, "chosen": chosen, "rejected": rejected})
+        rows.append(
+            {
+                "prompt": prompts.render_chat(tokenizer, messages, prefill),
+                "chosen": chosen,
+                "rejected": rejected,
+            }
+        )
     return tokenize_pairs(tokenizer, rows)
 
 
@@ -121,9 +128,7 @@ def train(
         callbacks=[clock],
         ordered=True,
     )
-    trainer.args.logging_steps = 1
-    trainer.args.save_strategy = "no"
-    trainer.train()
+    trainer.train()  # logs every step; save_steps above the step count: no checkpoints
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return Result(label, clock.seconds, clock.losses, peak)
 

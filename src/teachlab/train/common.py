@@ -439,13 +439,12 @@ def score_only_labelled_positions_on_cpu() -> bool:
     choose = getattr(trl_utils, "_use_triton", None)
     if choose is None:
         return False
-    if getattr(choose, "_teachlab_cpu_compact", False):
+    if hasattr(choose, "_teachlab_shipped"):  # switched already
         return True
 
     def use_compact(device: Any) -> bool:
         return device.type == "cpu" or bool(choose(device))
 
-    use_compact._teachlab_cpu_compact = True  # type: ignore[attr-defined]
     use_compact._teachlab_shipped = choose  # type: ignore[attr-defined]
     trl_utils._use_triton = use_compact
     return True
