@@ -72,8 +72,8 @@ def build(state: AppState, current_study: gr.State) -> None:
         "Select one to work on it in the other pages."
     )
     with gr.Row():
-        # value=None: nothing is selected until the user picks (the current-study state starts
-        # empty; a preselected first study would show as chosen while no page had it).
+        # value=None at build time; each page load selects the newest study in the dropdown and
+        # the session's current-study state together, so no page shows a choice it has not taken.
         pick = gr.Dropdown(
             study_choices(), value=None, label="Current study", scale=3, interactive=True
         )
@@ -83,7 +83,7 @@ def build(state: AppState, current_study: gr.State) -> None:
 
     with gr.Accordion("Create a study", open=False):
         with gr.Row():
-            name = gr.Textbox(label="Name", placeholder="dates-1")
+            name = gr.Textbox(label="Name", placeholder="my-study")
             task = gr.Dropdown(
                 [f"bigbench:{t}" for t in list_bigbench()],
                 value=studies.DEMO_TASK,
@@ -119,7 +119,7 @@ def build(state: AppState, current_study: gr.State) -> None:
         created = gr.Markdown()
 
     with gr.Row():
-        dup_name = gr.Textbox(label="Duplicate the current study as", placeholder="dates-2")
+        dup_name = gr.Textbox(label="Duplicate the current study as", placeholder="demo-2")
         dup = gr.Button("Duplicate")
 
     @ui_errors
@@ -190,8 +190,14 @@ def build(state: AppState, current_study: gr.State) -> None:
         return studies_frame(), gr.Dropdown(choices=study_choices(), value=study_id)
 
     refresh.click(do_refresh, [current_study], [table, pick], api_name="list_studies")
-    # On every page load, so a study made since the app started (the CLI, another tab) is listed.
-    gr.on(None, lambda: do_refresh(None), None, [table, pick], api_visibility="private")
+
+    def on_load() -> tuple[Any, ...]:
+        newest = max((study_id for _, study_id in study_choices()), default=None)
+        return (*do_refresh(newest), newest)
+
+    # On every page load, so a study made since the app started (the CLI, another tab) is
+    # listed; the newest study (on a new install, the demo) is ready to work on.
+    gr.on(None, on_load, None, [table, pick, current_study], api_visibility="private")
     pick.change(lambda v: v, [pick], [current_study], api_name="select_study")
 
     @ui_errors
