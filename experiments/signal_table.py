@@ -76,10 +76,10 @@ def signal_row(
     task_name: str, student: str, loaded: Any, n_probe: int, demos: int
 ) -> dict[str, Any]:
     """One row: the check stage's measurement and both metrics' results."""
-    from teachlab.check import METRICS, assess, measure
     from teachlab.config import StudyConfig
-    from teachlab.pipeline import probes_for
+    from teachlab.rounds import probes_for
     from teachlab.score import Scorer
+    from teachlab.stages.check import METRICS, assess, measure
     from teachlab.tasks import make_splits, resolve_task
 
     task = resolve_task(f"bigbench:{task_name}")
@@ -138,7 +138,7 @@ def screen_row(task_name: str, student: str, loaded: Any) -> dict[str, Any]:
     from scipy.stats import binomtest
 
     from teachlab.config import StudyConfig
-    from teachlab.pipeline import probes_for
+    from teachlab.rounds import probes_for
     from teachlab.score import Demo, Scorer
     from teachlab.signalcheck import majority_answer, student_vs_chance
     from teachlab.tasks import make_splits, resolve_task
@@ -204,9 +204,10 @@ def parse_row(
 
     from teachlab.config import StudyConfig
     from teachlab.db import Draft, read_session
-    from teachlab.draft import run_draft_questions
     from teachlab.jobs.context import Cancelled
-    from teachlab.studies import DEMO_CONFIG, create_study, current_round
+    from teachlab.rounds import current_round
+    from teachlab.stages.draft import draft_questions
+    from teachlab.studies import DEMO_CONFIG, create_study
 
     demo = StudyConfig.from_dict({**DEMO_CONFIG, **(overrides or {})})
     per_call = 1 if demo.scaffold else demo.questions_per_call
@@ -221,7 +222,7 @@ def parse_row(
     rnd = current_round(study.id)  # type: ignore[arg-type]
     started = time.monotonic()
     with contextlib.suppress(Cancelled):  # the call budget is spent
-        run_draft_questions(CallBudget(calls), rnd.id, backend)  # type: ignore[arg-type]
+        draft_questions(CallBudget(calls), rnd.id, backend)  # type: ignore[arg-type]
     with read_session() as session:
         rows = session.exec(
             select(Draft).where(Draft.round_id == rnd.id, Draft.kind == "question")

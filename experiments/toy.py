@@ -50,16 +50,15 @@ THREADS = 2
 
 def _use_storage(storage: Path) -> None:
     """Point TeachLab at a fresh storage folder (shared model and data caches)."""
-    from teachlab.db import dispose_all, init_db
-    from teachlab.db.migrate import forget_init_cache
+    from teachlab.db import init_db
+    from teachlab.db.store import reset
     from teachlab.settings import get_settings
 
     os.environ["TEACHLAB_STORAGE"] = str(storage)
     os.environ.setdefault("TEACHLAB_MODEL_CACHE", str(ROOT / "storage" / "models"))
     os.environ.setdefault("TEACHLAB_DATA_CACHE", str(ROOT / "storage" / "data"))
     os.environ.setdefault("TEACHLAB_THREADS", str(THREADS))
-    dispose_all()
-    forget_init_cache()
+    reset()
     get_settings.cache_clear()
     init_db()
 
@@ -80,12 +79,12 @@ class _Echo:
 def run_stage(study_id: int, round_id: int, kind: str, seed: int) -> Run:
     """One stage as `teachlab run stage` runs it: a recorded run executed in this process."""
     from teachlab.jobs import runs
-    from teachlab.jobs.executor import execute
+    from teachlab.stages.launch import execute_here
 
     run = runs.create_run(
         study_id, kind, round_id=round_id, seed=seed, requested_by="experiments/toy.py"
     )
-    return execute(run.id, echo=_Echo(kind))  # type: ignore[arg-type]
+    return execute_here(run.id, echo=_Echo(kind))  # type: ignore[arg-type]
 
 
 def _stage_ok(study_id: int, round_id: int, kind: str, seed: int) -> dict[str, Any]:
@@ -169,8 +168,9 @@ def collect(round_id: int, seed: int, teacher: str) -> tuple[list[DraftRecord], 
 
 def run_seed(seed: int, task_ref: str, config: dict[str, Any], keep: bool) -> dict[str, Any]:
     """The pipeline and the comparison for one seed; returns its cache entry."""
-    from teachlab.pipeline import baseline_score
-    from teachlab.studies import create_study, current_round, get_study
+    from teachlab.rounds import current_round
+    from teachlab.stages.score import baseline_score
+    from teachlab.studies import create_study, get_study
 
     storage = Path(tempfile.mkdtemp(prefix=f"teachlab-toy-seed{seed}-"))
     _use_storage(storage)
@@ -206,8 +206,8 @@ def run_seed(seed: int, task_ref: str, config: dict[str, Any], keep: bool) -> di
         else:
             if baseline["accuracy"] is None:
                 mode = config["scorer"]
-                baseline["accuracy"] = baseline_score(round_id, mode, None)
-                baseline["margin"] = baseline_score(round_id, mode, None, margin=True)
+                baseline["accuracy"] = baseline_score(round_id, mode)
+                baseline["margin"] = baseline_score(round_id, mode, margin=True)
         records, questions[teacher] = collect(round_id, seed, teacher)
         drafts += records
     seconds["total"] = round(time.perf_counter() - started, 1)
@@ -239,12 +239,12 @@ def run_seed(seed: int, task_ref: str, config: dict[str, Any], keep: bool) -> di
 
 def settings_for(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that decides a seed's result (read at run time: DEMO_CONFIG may change)."""
-    from teachlab.cli import _parse_sets
+    from teachlab.cli.common import parse_sets
     from teachlab.config import StudyConfig
     from teachlab.settings import get_settings
     from teachlab.studies import DEMO_CONFIG
 
-    overrides = {**DEMO_CONFIG, **_parse_sets(args.set)}
+    overrides = {**DEMO_CONFIG, **parse_sets(args.set)}
     config = StudyConfig.from_dict(overrides).to_dict()
     settings = get_settings()
     return {

@@ -29,7 +29,7 @@ CSS = """
 def build_app(settings: Settings | None = None) -> gr.Blocks:
     settings = settings or get_settings()
     settings.ensure_dirs()
-    init_db(settings.db_path)
+    init_db()
     state = AppState(settings=settings, users=settings.users())
     with gr.Blocks(title="TeachLab") as app:
         gr.Markdown(
@@ -89,7 +89,7 @@ def launch(host: str | None = None, port: int | None = None, start_worker: bool 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = get_settings()
     settings.ensure_dirs()
-    init_db(settings.db_path)
+    init_db()
     if on_space():
         from teachlab.tasks import fetch_bigbench, list_bigbench
 

@@ -102,6 +102,6 @@ def signal_panel(round_id: int | None) -> str:
     """The round's signal-check verdict as every page shows it (empty without a round)."""
     if not round_id:
         return ""
-    from teachlab.gate import gate_for
+    from teachlab.stages.gate import gate_for
 
     return gate_for(int(round_id)).markdown()

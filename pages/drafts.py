@@ -14,9 +14,9 @@ from pages.common import AppState, esc, pre, ui_errors, when_round_chosen
 from pages.runs import live_timer
 from teachlab import views
 from teachlab.db import Draft
-from teachlab.studies import current_round
+from teachlab.rounds import current_round
+from teachlab.stages import STAGES
 
-LIVE_KINDS = ("draft", "regenerate", "round")
 NO_STUDY = "Select a study on the Studies page first."
 
 
@@ -39,7 +39,11 @@ def parse_rate_md(study_id: int) -> str:
 
 def live_md(study_id: int) -> str:
     run = views.latest_run(study_id)
-    if run is None or run.status not in views.ACTIVE_RUN or run.kind not in LIVE_KINDS:
+    if (
+        run is None
+        or run.status not in views.ACTIVE_RUN
+        or not getattr(STAGES.get(run.kind), "live", False)
+    ):
         return ""
     return (
         f"**Run #{run.id} ({run.kind}) {run.status}**: {run.progress_done}/{run.progress_total}"

@@ -9,7 +9,7 @@ import gradio as gr
 
 from pages.common import AppState, ui_errors
 from teachlab import export as ex
-from teachlab import studies
+from teachlab import rounds, studies
 
 ALL_ROUNDS = -1
 ANY = "any"
@@ -23,7 +23,7 @@ def study_choices() -> list[tuple[str, int]]:
 def round_choices(study_id: int | None) -> list[tuple[str, int]]:
     if not study_id:
         return []
-    found = studies.rounds(int(study_id))
+    found = rounds.rounds(int(study_id))
     return [("all rounds", ALL_ROUNDS), *((f"round {r.index}", r.index) for r in found)]
 
 

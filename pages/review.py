@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from pages.common import AppState, esc, pre, ui_errors, when_round_chosen
-from teachlab import review, studies, views
+from teachlab import review, rounds, studies, views
 from teachlab.errors import ConfigError
 
 QUEUE_ROWS = 200
@@ -286,7 +286,7 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
                 "",
             )
         study = studies.get_study(int(study_id))
-        current = studies.current_round(int(study_id)).id
+        current = rounds.current_round(int(study_id)).id
         is_admin = state.role(request) == "admin"
         return (
             gr.Dropdown(choices=views.round_options(int(study_id)), value=current),

@@ -11,31 +11,20 @@ import gradio as gr
 
 from pages.common import AppState, esc, signal_panel, ui_errors
 from teachlab import charts, views
-from teachlab.errors import JobError, NotFoundError
-from teachlab.gate import ensure_may_launch
+from teachlab.errors import NotFoundError
 from teachlab.jobs import queue, runs
-from teachlab.studies import current_round, get_study
+from teachlab.rounds import current_round
+from teachlab.stages import STAGES
+from teachlab.stages.launch import submit
+from teachlab.studies import get_study
 
 LATEST = 0  # the run picker's "follow the study's latest run" choice
-STAGE_HELP = {
-    "round": "whole round: every stage below in order",
-    "check": "signal check: is the student above chance, are scores reliable?",
-    "draft": "teacher drafts questions and rationales",
-    "score": "student scores each draft on the probe set",
-    "pairs": "build preference pairs from the scores",
-    "align": "DPO-align the teacher on the approved pairs",
-    "regenerate": "aligned teacher writes the tailored data",
-    "distill": "SFT the student on the tailored data",
-    "evaluate": "student before/after on the held-out test split",
-}
-HEAVY = ("align", "distill", "round")  # refused in demo mode (TEACHLAB_DEMO_MODE)
 
 
 def stage_choices() -> list[tuple[str, str]]:
-    from teachlab.pipeline import STAGES
-
-    kinds = ["round", *(k for k in runs.KINDS if k != "round" and k in STAGES)]
-    return [(f"{k} — {STAGE_HELP.get(k, '')}", k) for k in kinds]
+    """The launchable stages: a whole round first, then each stage in the table's order."""
+    order = sorted(STAGES.values(), key=lambda s: s.name != "round")
+    return [(f"{s.name} — {s.help}", s.name) for s in order]
 
 
 def visible_probe(page_id: str) -> str:
@@ -241,18 +230,14 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         user = state.require_admin(request)
         if not study_id:
             raise gr.Error("Select a study on the Studies page first.")
-        if kind not in {v for _, v in stage_choices()}:
-            raise JobError(f"Unknown stage {kind!r}; pick one from the list.")
-        if state.settings.demo_mode and kind in HEAVY:
-            raise JobError(
-                f"The {kind} stage is switched off in this public demo (it trains "
-                "models for minutes); run TeachLab locally to use it."
-            )
-        study = get_study(int(study_id))
-        rnd = current_round(study.id)  # type: ignore[arg-type]
-        ensure_may_launch(rnd.id, kind, override_by=user if go_ahead else None)  # type: ignore[arg-type]
-        run = queue.submit(study.id, kind, round_id=rnd.id, seed=study.seed, requested_by=user)  # type: ignore[arg-type]
-        note = f"Queued run **#{run.id}** ({kind}) on round {rnd.index}."
+        launched = submit(
+            int(study_id),
+            kind,
+            requested_by=user,
+            override_by=user if go_ahead else None,
+            demo_mode=state.settings.demo_mode,
+        )
+        note = f"Queued run **#{launched.run.id}** ({kind}) on round {launched.round.index}."
         return (note, *panel(study_id, kind, LATEST), gr.Timer(active=True))
 
     @ui_errors

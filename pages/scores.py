@@ -12,7 +12,7 @@ import gradio as gr
 
 from pages.common import AppState, esc, pre, signal_panel, ui_errors, when_round_chosen
 from teachlab import charts, views
-from teachlab.studies import current_round
+from teachlab.rounds import current_round
 
 NO_STUDY = "Select a study on the Studies page first."
 

@@ -12,7 +12,7 @@ from pages.common import AppState, signal_panel, ui_errors
 from teachlab import studies
 from teachlab.config import BACKENDS, StudyConfig
 from teachlab.models import BUNDLED, BUNDLED_PREFIX
-from teachlab.studies import current_round
+from teachlab.rounds import current_round
 from teachlab.tasks import list_bigbench
 
 STUDY_COLUMNS = [

@@ -18,8 +18,7 @@ SHARED_DATA = Path(os.environ.get("TEACHLAB_TEST_DATA_CACHE", ROOT / "storage" /
 
 @pytest.fixture(autouse=True)
 def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from teachlab.db import dispose_all
-    from teachlab.db.migrate import forget_init_cache
+    from teachlab.db.store import reset
     from teachlab.settings import get_settings
 
     folder = tmp_path / "storage"
@@ -33,16 +32,16 @@ def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TEACHLAB_OFFLINE", "1")
     get_settings.cache_clear()
     yield folder
-    dispose_all()
-    forget_init_cache()
+    reset()
     get_settings.cache_clear()
 
 
 @pytest.fixture
 def db_path(storage: Path) -> Path:
+    """The test's study database, migrated (the process's store points at it)."""
     from teachlab.db import init_db
 
-    return init_db(storage / "teachlab.db")
+    return init_db().path
 
 
 def bigbench_available(name: str = "date_understanding") -> bool:

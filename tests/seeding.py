@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from teachlab import review, studies
+from teachlab import review, rounds, studies
 from teachlab.db import (
     Draft,
     Evaluation,
@@ -422,7 +422,7 @@ def seed_study(
         "Reject a pair when both sides are wrong.",
     )
     examples = resolve_task(study.task_ref).examples
-    first = studies.current_round(study.id).id  # type: ignore[arg-type]
+    first = rounds.current_round(study.id).id  # type: ignore[arg-type]
     seeded = Seeded(study=study.id, name=study.name, rounds=[first])  # type: ignore[arg-type]
     n_items = n_questions * n_rationales
     for index in range(finished_rounds + 1):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from sqlmodel import select
 
-from teachlab import check, models, score
+from teachlab import models, score
 from teachlab.db import (
     Draft,
     ProbeResult,
@@ -29,6 +29,7 @@ from teachlab.db import (
 from teachlab.jobs import runs
 from teachlab.jobs.context import LocalContext
 from teachlab.score import Demo, Probe, ProbeOutcome
+from teachlab.stages import check
 from teachlab.studies import create_study
 from teachlab.tasks import resolve_task
 from tests.conftest import bigbench_available

@@ -35,7 +35,7 @@ def populate(db: Path, config: dict[str, Any] | None = None) -> dict[str, int]:
     """Two rounds of a yes/no task: round 0 with drafts, tailored drafts and pairs of every
     status; round 1 drafted by round 0's aligned teacher, no pairs yet."""
     ids: dict[str, int] = {}
-    with write_session(db) as s:
+    with write_session() as s:
         study = Study(name="c", task_ref="file:x", teacher="t", student="st", config=config or {})
         s.add(study)
         s.flush()

@@ -10,13 +10,14 @@ import pytest
 from alembic import command
 from sqlmodel import select
 
-from teachlab.db import Round, Study, init_db, read_session, write_session
-from teachlab.db.migrate import alembic_config, current_revision, head_revision
+from teachlab.db import Round, Store, Study, read_session, write_session
+from teachlab.db.store import head_revision, reset
 
 
 def test_empty_database_migrates_to_head(storage: Path) -> None:
-    path = init_db(storage / "a.db")
-    assert current_revision(path) == head_revision()
+    store = Store(storage / "a.db").migrate()
+    path = store.path
+    assert store.revision() == head_revision()
     tables = {
         r[0]
         for r in sqlite3.connect(path).execute("select name from sqlite_master where type='table'")
@@ -37,28 +38,26 @@ def test_empty_database_migrates_to_head(storage: Path) -> None:
 
 
 def test_migrations_match_the_models(storage: Path) -> None:
-    path = init_db(storage / "a.db")
+    store = Store(storage / "a.db").migrate()
     # Raises when the SQLModel tables and the migration scripts disagree.
-    command.check(alembic_config(path))
+    command.check(store.alembic_config())
 
 
 def test_older_database_upgrades_in_place_keeping_rows(storage: Path) -> None:
     path = storage / "old.db"
-    init_db(path, revision="0001")
-    assert current_revision(path) == "0001"
-    with write_session(path) as session:
+    store = Store(path).migrate("0001")
+    assert store.revision() == "0001"
+    with store.write() as session:
         study = Study(
             name="kept", task_ref="bigbench:x", teacher="t", student="s", config={"n_probe": 4}
         )
         session.add(study)
         session.flush()
         session.add(Round(study_id=study.id, teacher="t", student="s"))
-    from teachlab.db.migrate import forget_init_cache
-
-    forget_init_cache()
-    init_db(path)
-    assert current_revision(path) == head_revision()
-    with read_session(path) as session:
+    reset()
+    store.migrate()
+    assert store.revision() == head_revision()
+    with store.read() as session:
         kept = session.exec(select(Study)).one()
     assert kept.name == "kept" and kept.config == {"n_probe": 4}
     assert "signalcheck" in {
@@ -67,9 +66,7 @@ def test_older_database_upgrades_in_place_keeping_rows(storage: Path) -> None:
 
 
 def test_connections_use_wal_full_sync_and_foreign_keys(db_path: Path) -> None:
-    from teachlab.db import engine_for
-
-    with engine_for(db_path).connect() as conn:
+    with Store(db_path).engine().connect() as conn:
         assert conn.exec_driver_sql("pragma journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("pragma synchronous").scalar() == 2  # FULL
         assert conn.exec_driver_sql("pragma foreign_keys").scalar() == 1
@@ -78,20 +75,20 @@ def test_connections_use_wal_full_sync_and_foreign_keys(db_path: Path) -> None:
 def test_foreign_keys_are_enforced(db_path: Path) -> None:
     from sqlalchemy.exc import IntegrityError
 
-    with pytest.raises(IntegrityError), write_session(db_path) as session:
+    with pytest.raises(IntegrityError), write_session() as session:
         session.add(Round(study_id=999, teacher="t", student="s"))
 
 
 def test_many_threads_write_without_database_locked(db_path: Path) -> None:
     """Read-then-write transactions from many threads: BEGIN IMMEDIATE makes them wait, not fail."""
-    with write_session(db_path) as session:
+    with write_session() as session:
         session.add(Study(name="c", task_ref="x", teacher="t", student="s", seed=0))
     errors: list[BaseException] = []
 
     def bump() -> None:
         try:
             for _ in range(20):
-                with write_session(db_path) as session:
+                with write_session() as session:
                     study = session.exec(select(Study)).one()
                     study.seed += 1
                     session.add(study)
@@ -104,5 +101,5 @@ def test_many_threads_write_without_database_locked(db_path: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    with read_session(db_path) as session:
+    with read_session() as session:
         assert session.exec(select(Study)).one().seed == 160

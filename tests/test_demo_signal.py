@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from sqlmodel import select
 
-from teachlab import check
 from teachlab.config import StudyConfig
 from teachlab.db import Round, SignalCheck, read_session
 from teachlab.jobs import runs
 from teachlab.jobs.context import LocalContext
+from teachlab.stages import check
 from teachlab.studies import DEMO_CONFIG, DEMO_TASK, create_demo_study
 from tests.conftest import bigbench_available
 

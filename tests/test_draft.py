@@ -13,23 +13,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from builders import use_storage
 from sqlmodel import select
 
 from teachlab import prompts
 from teachlab.backends.base import GenRequest
 from teachlab.config import StudyConfig
 from teachlab.db import Draft, Round, Study, read_session, write_session
-from teachlab.draft import (
-    check_target,
-    derive_seed,
-    parse_question_blocks,
-    parse_questions,
-    parse_rationale,
-    run_draft_questions,
-    run_draft_rationales,
-    shared_labels,
-)
+from teachlab.drafting import check_target, derive_seed, shared_labels
 from teachlab.jobs.context import LocalContext
+from teachlab.prompts import parse_question_blocks, parse_questions, parse_rationale
+from teachlab.stages.draft import draft_questions, draft_rationales
 from teachlab.tasks.model import Example, Task
 
 PREFILL = "<Question_4><input>"
@@ -304,7 +298,7 @@ class PlainTokenizer:
         )
 
 
-def _make_round(db: Path, tmp: Path, task: Path | None = None, **config: object) -> int:
+def _make_round(tmp: Path, task: Path | None = None, **config: object) -> int:
     rows = [
         {
             "input": f"{_words(random.Random(i), 4)}",
@@ -317,7 +311,7 @@ def _make_round(db: Path, tmp: Path, task: Path | None = None, **config: object)
     if task is None:
         path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = StudyConfig.from_dict({"n_questions": 5, "questions_per_call": 3, **config}).to_dict()
-    with write_session(db) as session:
+    with write_session() as session:
         study = Study(
             name="s",
             task_ref=f"file:{path}",
@@ -335,8 +329,8 @@ def _make_round(db: Path, tmp: Path, task: Path | None = None, **config: object)
         return rnd.id  # type: ignore[return-value]
 
 
-def _drafts(db: Path, **where: object) -> list[Draft]:
-    with read_session(db) as session:
+def _drafts(**where: object) -> list[Draft]:
+    with read_session() as session:
         query = select(Draft)
         for name, value in where.items():
             query = query.where(getattr(Draft, name) == value)
@@ -346,11 +340,11 @@ def _drafts(db: Path, **where: object) -> list[Draft]:
 def test_question_stage_stores_every_block_and_stops_at_the_wanted_count(
     db_path: Path, tmp_path: Path
 ) -> None:
-    round_id = _make_round(db_path, tmp_path)
+    round_id = _make_round(tmp_path)
     teacher = FakeTeacher(good=2)
-    ctx = LocalContext(db_path=db_path)
-    result = run_draft_questions(ctx, round_id, teacher)
-    rows = _drafts(db_path, kind="question")
+    ctx = LocalContext()
+    result = draft_questions(ctx, round_id, teacher)
+    rows = _drafts(kind="question")
     # 5 wanted, 2 good per call: one wave of 2 calls (4 ok), then one more call.
     assert teacher.calls == ["q:0", "q:1", "q:2"]
     assert [r.idem_key for r in rows[:3]] == ["q:0:0", "q:0:1", "q:0:2"]
@@ -370,61 +364,58 @@ def test_question_stage_stores_every_block_and_stops_at_the_wanted_count(
 def test_resume_makes_no_new_rows_and_never_calls_the_teacher_for_done_keys(
     db_path: Path, tmp_path: Path
 ) -> None:
-    round_id = _make_round(db_path, tmp_path)
-    ctx = LocalContext(db_path=db_path)
-    run_draft_questions(ctx, round_id, FakeTeacher())
-    run_draft_rationales(ctx, round_id, FakeTeacher())
-    before = [(d.id, d.idem_key) for d in _drafts(db_path)]
+    round_id = _make_round(tmp_path)
+    ctx = LocalContext()
+    draft_questions(ctx, round_id, FakeTeacher())
+    draft_rationales(ctx, round_id, FakeTeacher())
+    before = [(d.id, d.idem_key) for d in _drafts()]
     again = FakeTeacher()
-    run_draft_questions(ctx, round_id, again)
-    run_draft_rationales(ctx, round_id, again)
+    draft_questions(ctx, round_id, again)
+    draft_rationales(ctx, round_id, again)
     assert again.calls == []
-    assert [(d.id, d.idem_key) for d in _drafts(db_path)] == before
+    assert [(d.id, d.idem_key) for d in _drafts()] == before
 
 
 def test_a_crash_mid_stage_resumes_without_recomputing(db_path: Path, tmp_path: Path) -> None:
-    round_id = _make_round(db_path, tmp_path, n_questions=8)
-    ctx = LocalContext(db_path=db_path)
+    round_id = _make_round(tmp_path, n_questions=8)
+    ctx = LocalContext()
     crashing = FakeTeacher(fail_after=2)
     with pytest.raises(RuntimeError, match="teacher crashed"):
-        run_draft_questions(ctx, round_id, crashing)
-    assert {d.idem_key.rsplit(":", 1)[0] for d in _drafts(db_path)} == {"q:0", "q:1"}
+        draft_questions(ctx, round_id, crashing)
+    assert {d.idem_key.rsplit(":", 1)[0] for d in _drafts()} == {"q:0", "q:1"}
     resumed = FakeTeacher()
-    run_draft_questions(ctx, round_id, resumed)
+    draft_questions(ctx, round_id, resumed)
     assert "q:0" not in resumed.calls and "q:1" not in resumed.calls
+
     # Same outputs as an uninterrupted run: the fake is deterministic per key and seed.
-    fresh_db = tmp_path / "fresh.db"
-    from teachlab.db import init_db
+    def content() -> list[tuple[str, str | None, str]]:
+        return [(d.idem_key, d.input, d.status) for d in _drafts(kind="question")]
 
-    init_db(fresh_db)
-    fresh_round = _make_round(fresh_db, tmp_path, n_questions=8)
-    run_draft_questions(LocalContext(db_path=fresh_db), fresh_round, FakeTeacher())
-
-    def content(db: Path) -> list[tuple[str, str | None, str]]:
-        return [(d.idem_key, d.input, d.status) for d in _drafts(db, kind="question")]
-
-    assert sorted(content(db_path)) == sorted(content(fresh_db))
+    resumed_rows = content()
+    with use_storage(tmp_path / "fresh"):
+        fresh_round = _make_round(tmp_path, n_questions=8)
+        draft_questions(LocalContext(), fresh_round, FakeTeacher())
+        fresh_rows = content()
+    assert sorted(resumed_rows) == sorted(fresh_rows)
 
 
 def test_copies_of_probe_items_and_repeats_are_marked_duplicate(
     db_path: Path, tmp_path: Path
 ) -> None:
-    round_id = _make_round(db_path, tmp_path, n_questions=2)
+    round_id = _make_round(tmp_path, n_questions=2)
     probe_text = _words(random.Random(4), 4)  # the input of example 4, a probe item
-    run_draft_questions(
-        LocalContext(db_path=db_path), round_id, FakeTeacher(copy=probe_text.upper())
-    )
-    rows = [r for r in _drafts(db_path, kind="question") if r.input]
+    draft_questions(LocalContext(), round_id, FakeTeacher(copy=probe_text.upper()))
+    rows = [r for r in _drafts(kind="question") if r.input]
     dupes = [r for r in rows if r.status == "duplicate"]
     assert dupes and all("probe item 4" in r.reason for r in dupes)
     assert not [r for r in rows if r.status == "ok"]
 
 
 def test_a_teacher_that_never_parses_stops_at_the_call_cap(db_path: Path, tmp_path: Path) -> None:
-    round_id = _make_round(db_path, tmp_path, n_questions=3)
+    round_id = _make_round(tmp_path, n_questions=3)
     teacher = FakeTeacher(good=0)
-    ctx = LocalContext(db_path=db_path)
-    result = run_draft_questions(ctx, round_id, teacher)
+    ctx = LocalContext()
+    result = draft_questions(ctx, round_id, teacher)
     assert len(teacher.calls) == 4  # 4 x ceil(3 / 3)
     assert result["total_ok"] == 0 and any(
         "Stopped after 4 teacher calls" in line for line in ctx.lines
@@ -432,12 +423,12 @@ def test_a_teacher_that_never_parses_stops_at_the_call_cap(db_path: Path, tmp_pa
 
 
 def test_rationales_one_per_strategy_with_answers_and_flags(db_path: Path, tmp_path: Path) -> None:
-    round_id = _make_round(db_path, tmp_path, n_rationales=2)
-    ctx = LocalContext(db_path=db_path)
-    run_draft_questions(ctx, round_id, FakeTeacher())
-    result = run_draft_rationales(ctx, round_id, FakeTeacher())
-    questions = _drafts(db_path, kind="question", status="ok")
-    rationales = _drafts(db_path, kind="rationale")
+    round_id = _make_round(tmp_path, n_rationales=2)
+    ctx = LocalContext()
+    draft_questions(ctx, round_id, FakeTeacher())
+    result = draft_rationales(ctx, round_id, FakeTeacher())
+    questions = _drafts(kind="question", status="ok")
+    rationales = _drafts(kind="rationale")
     assert result["ok"] == len(rationales) == 2 * len(questions)
     assert {r.strategy for r in rationales} == {"expert", "rules"}
     r = rationales[0]
@@ -471,12 +462,12 @@ class SilentTeacher(FakeTeacher):
 def test_rationales_without_an_answer_get_one_forced(
     db_path: Path, tmp_path: Path, force: bool
 ) -> None:
-    round_id = _make_round(db_path, tmp_path, n_rationales=2, force_answer=force)
-    ctx = LocalContext(db_path=db_path)
-    run_draft_questions(ctx, round_id, FakeTeacher())
+    round_id = _make_round(tmp_path, n_rationales=2, force_answer=force)
+    ctx = LocalContext()
+    draft_questions(ctx, round_id, FakeTeacher())
     teacher = SilentTeacher()
-    result = run_draft_rationales(ctx, round_id, teacher)
-    rationales = _drafts(db_path, kind="rationale")
+    result = draft_rationales(ctx, round_id, teacher)
+    rationales = _drafts(kind="rationale")
     assert result["ok"] == len(rationales) > 0
     if not force:
         assert not teacher.forcing
@@ -492,7 +483,7 @@ def test_rationales_without_an_answer_get_one_forced(
         assert r.answer == expected and "forced-answer" in r.flags
         assert r.rationale.endswith(f"So the answer is <ans>{expected}</ans>")
         assert r.rationale.startswith(_words(random.Random(r.idem_key), 5))
-        with read_session(db_path) as session:
+        with read_session() as session:
             target = session.get(Draft, r.parent_id).target
         assert ("answer-disagrees-with-target" in r.flags) == (target != expected)
 
@@ -510,12 +501,12 @@ class ChoosingTeacher(SilentTeacher):
 
 
 def test_forced_answers_are_the_teachers_likeliest_option(db_path: Path, tmp_path: Path) -> None:
-    round_id = _make_round(db_path, tmp_path, n_rationales=2)
-    ctx = LocalContext(db_path=db_path)
-    run_draft_questions(ctx, round_id, FakeTeacher())
+    round_id = _make_round(tmp_path, n_rationales=2)
+    ctx = LocalContext()
+    draft_questions(ctx, round_id, FakeTeacher())
     teacher = ChoosingTeacher()
-    run_draft_rationales(ctx, round_id, teacher)
-    rationales = _drafts(db_path, kind="rationale")
+    draft_rationales(ctx, round_id, teacher)
+    rationales = _drafts(kind="rationale")
     assert rationales and not teacher.forcing  # no greedy pass: every question has options
     assert len(teacher.choices) == len(rationales)
     for prompt, options, closing in teacher.choices:
@@ -529,14 +520,14 @@ def test_forced_answers_are_the_teachers_likeliest_option(db_path: Path, tmp_pat
 def test_tailored_rationales_use_the_erased_prompt_byte_for_byte(
     db_path: Path, tmp_path: Path
 ) -> None:
-    round_id = _make_round(db_path, tmp_path, n_tailored=3)
-    ctx = LocalContext(db_path=db_path)
-    run_draft_questions(ctx, round_id, FakeTeacher(), phase="tailored")
-    run_draft_rationales(ctx, round_id, FakeTeacher(), phase="tailored")
-    rationales = _drafts(db_path, kind="rationale", phase="tailored")
+    round_id = _make_round(tmp_path, n_tailored=3)
+    ctx = LocalContext()
+    draft_questions(ctx, round_id, FakeTeacher(), phase="tailored")
+    draft_rationales(ctx, round_id, FakeTeacher(), phase="tailored")
+    rationales = _drafts(kind="rationale", phase="tailored")
     assert rationales and all(r.strategy == "erased" for r in rationales)
     assert all(r.sampling["temperature"] == 0.0 for r in rationales)
-    with read_session(db_path) as session:
+    with read_session() as session:
         rnd = session.get(Round, round_id)
         study = session.get(Study, rnd.study_id)
         for r in rationales:
@@ -545,13 +536,13 @@ def test_tailored_rationales_use_the_erased_prompt_byte_for_byte(
             erased = prompts.plain_prompt_for(study, rnd, question, PlainTokenizer())
             assert erased == r.prompt
             assert "Let's think step by step." in erased and "expert" not in erased
-    assert not _drafts(db_path, phase="draft")
+    assert not _drafts(phase="draft")
 
 
 def test_question_completion_continues_the_stored_prompt(db_path: Path, tmp_path: Path) -> None:
-    round_id = _make_round(db_path, tmp_path)
-    run_draft_questions(LocalContext(db_path=db_path), round_id, FakeTeacher())
-    q = _drafts(db_path, kind="question", status="ok")[0]
+    round_id = _make_round(tmp_path)
+    draft_questions(LocalContext(), round_id, FakeTeacher())
+    q = _drafts(kind="question", status="ok")[0]
     completion = prompts.question_completion_for(q)
     assert completion == (
         f"{q.input}\nOptions: plausible | implausible</input><target>{q.target}</target></Question_4>"
@@ -603,11 +594,9 @@ def _steps_task(tmp: Path) -> Path:
 def test_scaffold_writes_the_format_and_the_teacher_fills_each_field(
     db_path: Path, tmp_path: Path
 ) -> None:
-    round_id = _make_round(
-        db_path, tmp_path, task=_steps_task(tmp_path), scaffold=True, n_questions=3
-    )
+    round_id = _make_round(tmp_path, task=_steps_task(tmp_path), scaffold=True, n_questions=3)
     teacher = FieldTeacher()
-    result = run_draft_questions(LocalContext(db_path=db_path), round_id, teacher)
+    result = draft_questions(LocalContext(), round_id, teacher)
     # One question per call, three passes over the wave: input, options, target.
     assert [[r.key for r in p] for p in teacher.passes] == [
         [f"q:{c}:{name}" for c in range(3)] for name in ("input", "options", "target")
@@ -626,7 +615,7 @@ def test_scaffold_writes_the_format_and_the_teacher_fills_each_field(
     assert target.prompt.endswith("Paint the fence | Wash the car</input><target>")
     assert all(r.seed == first.seed for r in (options, target))  # the call's own seed
     assert result["total_ok"] == 3 and result["calls"] == 3
-    rows = _drafts(db_path, kind="question")
+    rows = _drafts(kind="question")
     assert [r.status for r in rows] == ["ok"] * 3
     q = rows[0]
     assert q.input == f"The most reasonable step of '{_words(random.Random('q:0'), 3)}' is"
@@ -641,25 +630,23 @@ def test_scaffold_writes_the_format_and_the_teacher_fills_each_field(
 
 
 def test_scaffold_writes_a_shared_label_set_itself(db_path: Path, tmp_path: Path) -> None:
-    round_id = _make_round(db_path, tmp_path, scaffold=True, n_questions=2)
+    round_id = _make_round(tmp_path, scaffold=True, n_questions=2)
     teacher = FieldTeacher(fields={"input": "Bake bread scored a goal", "target": " Plausible"})
-    run_draft_questions(LocalContext(db_path=db_path), round_id, teacher)
+    draft_questions(LocalContext(), round_id, teacher)
     assert [p[0].key.rsplit(":", 1)[1] for p in teacher.passes] == ["input", "target"]
     words = _words(random.Random("q:0"), 3)
     assert teacher.passes[1][0].prompt.endswith(
         f"{words} scored a goal\nOptions: plausible | implausible</input><target>"
     )
-    rows = _drafts(db_path, kind="question")
+    rows = _drafts(kind="question")
     assert [(r.status, r.target) for r in rows] == [("ok", "plausible")] * 2
     assert rows[0].input == f"{words} scored a goal"
 
 
 def test_scaffold_fields_end_where_the_teacher_runs_on(db_path: Path, tmp_path: Path) -> None:
-    round_id = _make_round(
-        db_path, tmp_path, task=_steps_task(tmp_path), scaffold=True, n_questions=1
-    )
+    round_id = _make_round(tmp_path, task=_steps_task(tmp_path), scaffold=True, n_questions=1)
     teacher = FieldTeacher()
-    run_draft_questions(LocalContext(db_path=db_path), round_id, teacher)
+    draft_questions(LocalContext(), round_id, teacher)
     stops = {p[0].key.rsplit(":", 1)[1]: p[0].stop for p in teacher.passes}
     assert "Options:" in stops["input"] and "</input>" in stops["input"]
     assert "\n" in stops["options"] and "\n" in stops["target"] and "</target>" in stops["target"]
@@ -667,9 +654,7 @@ def test_scaffold_fields_end_where_the_teacher_runs_on(db_path: Path, tmp_path: 
 
 
 def test_scaffold_stores_each_chunk_before_the_next_starts(db_path: Path, tmp_path: Path) -> None:
-    round_id = _make_round(
-        db_path, tmp_path, task=_steps_task(tmp_path), scaffold=True, n_questions=5
-    )
+    round_id = _make_round(tmp_path, task=_steps_task(tmp_path), scaffold=True, n_questions=5)
 
     class Crashing(FieldTeacher):
         def generate(self, requests: Sequence[GenRequest]) -> Iterator[tuple[GenRequest, str]]:
@@ -678,12 +663,12 @@ def test_scaffold_stores_each_chunk_before_the_next_starts(db_path: Path, tmp_pa
             yield from super().generate(requests)
 
     with pytest.raises(RuntimeError, match="teacher crashed"):
-        run_draft_questions(LocalContext(db_path=db_path), round_id, Crashing(batch_size=2))
-    assert {d.idem_key for d in _drafts(db_path)} == {"q:0:0", "q:1:0"}
+        draft_questions(LocalContext(), round_id, Crashing(batch_size=2))
+    assert {d.idem_key for d in _drafts()} == {"q:0:0", "q:1:0"}
     resumed = FieldTeacher(batch_size=2)
-    run_draft_questions(LocalContext(db_path=db_path), round_id, resumed)
+    draft_questions(LocalContext(), round_id, resumed)
     assert [r.key for r in resumed.passes[0]] == ["q:2:input", "q:3:input"]
-    assert len(_drafts(db_path, kind="question", status="ok")) == 5
+    assert len(_drafts(kind="question", status="ok")) == 5
 
 
 # ---------------------------------------------------------------- the real teacher (slow)
@@ -746,18 +731,16 @@ def test_real_teacher_output_parses_without_errors_and_prefill_helps(teacher: ob
 
 @pytest.mark.slow
 def test_real_teacher_drafts_are_reproducible(teacher: object, tmp_path: Path) -> None:
-    from teachlab.db import init_db
-
     texts = []
-    for name in ("a.db", "b.db"):
-        db = init_db(tmp_path / name)
-        round_id = _make_round(
-            db, tmp_path, n_questions=2, questions_per_call=2, n_rationales=1, max_new_tokens=32
-        )
-        ctx = LocalContext(db_path=db)
-        run_draft_questions(ctx, round_id, FakeTeacher())
-        run_draft_rationales(ctx, round_id, teacher)  # type: ignore[arg-type]
-        rows = _drafts(db, kind="rationale")
+    for name in ("a", "b"):
+        with use_storage(tmp_path / name):
+            round_id = _make_round(
+                tmp_path, n_questions=2, questions_per_call=2, n_rationales=1, max_new_tokens=32
+            )
+            ctx = LocalContext()
+            draft_questions(ctx, round_id, FakeTeacher())
+            draft_rationales(ctx, round_id, teacher)  # type: ignore[arg-type]
+            rows = _drafts(kind="rationale")
         assert len(rows) == 2 and all(
             r.sampling["backend"] == "transformers:bundled:gemma-3-270m" for r in rows
         )

@@ -71,7 +71,7 @@ def tokenizer() -> Any:
 
 
 def new_study(db: Path, name: str) -> tuple[int, int]:
-    with write_session(db) as s:
+    with write_session() as s:
         study = Study(
             name=name,
             task_ref="bigbench:date_understanding",
@@ -97,7 +97,7 @@ def populate(db: Path) -> dict[str, int]:
     question = question_text("Today is 3 May. What was yesterday?", ["2 May", "4 May"])
     erased = render_chat(tok, plain_messages(question))
     ids: dict[str, int] = {"study": study_id}
-    with write_session(db) as s:
+    with write_session() as s:
         later = Round(
             study_id=study_id,
             index=1,
@@ -241,7 +241,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def stored_pairs(db: Path, study: str) -> list[tuple[Any, ...]]:
-    with read_session(db) as s:
+    with read_session() as s:
         pairs = s.exec(
             select(Pair)
             .join(Round, col(Round.id) == Pair.round_id)
@@ -310,7 +310,7 @@ def test_dpo_jsonl_is_byte_exact_with_ratings_and_provenance(
     assert names == {"dpo.jsonl", "README.md", "teachlab_export.json", "dataset_info.json"}
     rows = {r["pair_id"]: r for r in read_jsonl(result.path / "dpo.jsonl")}
     assert set(rows) == {src["p_question"], src["p_rationale"], src["p_edited"]}  # not rejected
-    with read_session(db_path) as s:
+    with read_session() as s:
         for pair_id, row in rows.items():
             pair = s.get(Pair, pair_id)
             assert row["prompt"] == row["prompt_text"] == pair.prompt  # byte-exact
@@ -483,9 +483,9 @@ def test_conversational_rebuilds_messages_that_render_to_the_exact_prompt(
 def test_conversational_falls_back_to_text_when_a_prompt_cannot_be_rebuilt(
     src: dict[str, int], db_path: Path
 ) -> None:
-    with read_session(db_path) as s:
+    with read_session() as s:
         round_id = s.exec(select(Round.id).where(Round.index == 0)).first()
-    with write_session(db_path) as s:
+    with write_session() as s:
         s.add(
             Pair(
                 round_id=round_id,
@@ -676,7 +676,7 @@ def test_export_then_import_into_a_new_study_gives_the_same_pairs(
     new_study(db_path, "copy")
     imported = ex.import_pairs("copy", result.path, annotator="carol")
     assert (imported.added, imported.skipped, imported.round) == (3, 0, 0)
-    with read_session(db_path) as s:
+    with read_session() as s:
         kept = s.exec(select(Pair).where(col(Pair.status) != "rejected")).all()
         original = sorted(
             tuple(getattr(p, f) for f in PAIR_FIELDS)
@@ -746,7 +746,7 @@ def test_import_schema_mismatch_names_columns_and_the_schema(
         ex.import_pairs("src", same)
     with pytest.raises(DataError, match="unsupported file type"):
         ex.import_pairs("src", write_jsonl(tmp_path / "x.csv", rows))
-    with read_session(db_path) as s:
+    with read_session() as s:
         assert len(s.exec(select(Pair)).all()) == 4  # nothing was written by a failed import
 
 
@@ -755,7 +755,7 @@ def test_sft_round_trip_through_import(src: dict[str, int], db_path: Path) -> No
     new_study(db_path, "copy")
     assert ex.import_sft("copy", first.path).added == 1
     assert ex.import_sft("copy", first.path).skipped == 1  # idempotent
-    with read_session(db_path) as s:
+    with read_session() as s:
         drafts = s.exec(select(Draft).where(col(Draft.idem_key).startswith("import:"))).all()
     assert sorted((d.kind, d.phase, d.status) for d in drafts) == [
         ("question", "tailored", "ok"),
@@ -809,7 +809,7 @@ def test_page_download_is_a_zip_outside_storage(src: dict[str, int], storage: Pa
 def test_cli_create_list_push_and_import(src: dict[str, int], db_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from teachlab.export_cli import export_app
+    from teachlab.cli.export import app as export_app
 
     runner = CliRunner()
     out = runner.invoke(

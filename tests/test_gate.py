@@ -13,8 +13,13 @@ from sqlmodel import select
 
 from teachlab.db import Run, SignalCheck, read_session, write_session
 from teachlab.errors import ConflictError
-from teachlab.gate import SPENDS, ensure_may_launch, gate_for
 from teachlab.settings import get_settings
+from teachlab.stages import STAGES
+from teachlab.stages.gate import ensure_may_launch, gate_for
+
+# The stages whose work is wasted when draft scores carry no signal ("check" and "evaluate"
+# measure rather than spend, so they always run).
+SPENDS = [s.name for s in STAGES.values() if s.spends]
 
 RESULT = {
     "metric": "margin",
@@ -63,7 +68,7 @@ def test_without_a_check_nothing_is_held_and_the_page_says_to_run_one(db_path: P
     assert gate.level is None and not gate.blocks
     assert "not run yet" in gate.markdown()
     for kind in SPENDS:
-        assert ensure_may_launch(seeded.current, kind).level is None
+        assert ensure_may_launch(seeded.current, STAGES[kind]).level is None
 
 
 def test_stop_holds_spending_stages_and_the_newest_check_decides(db_path: Path) -> None:
@@ -78,25 +83,25 @@ def test_stop_holds_spending_stages_and_the_newest_check_decides(db_path: Path) 
     assert "answer label explains 42%" in text
     for kind in SPENDS:
         with pytest.raises(ConflictError, match=r"says stop \(reason for stop\).*--override"):
-            ensure_may_launch(seeded.current, kind)
+            ensure_may_launch(seeded.current, STAGES[kind])
     for kind in ("check", "evaluate"):  # measuring is never held back
-        assert ensure_may_launch(seeded.current, kind).blocks
+        assert ensure_may_launch(seeded.current, STAGES[kind]).blocks
     _check(seeded.current, "warn")  # a new check that passes lifts the hold
     assert not gate_for(seeded.current).blocks
-    ensure_may_launch(seeded.current, "round")
+    ensure_may_launch(seeded.current, STAGES["round"])
 
 
 def test_an_override_is_recorded_with_the_researchers_name(db_path: Path) -> None:
     seeded = seed_study(finished_rounds=0)
     check_id = _check(seeded.current, "stop")
-    gate = ensure_may_launch(seeded.current, "align", override_by="maria")
+    gate = ensure_may_launch(seeded.current, STAGES["align"], override_by="maria")
     assert not gate.blocks and gate.overridden_by == "maria"
     assert "overridden by maria" in gate.markdown()
     with read_session() as s:
         row = s.get(SignalCheck, check_id)
         assert row is not None and row.level == "stop" and row.overridden_by == "maria"
         assert row.reasons == ["reason for stop"]  # the verdict itself is kept for the record
-    ensure_may_launch(seeded.current, "distill")  # one override covers the round's check
+    ensure_may_launch(seeded.current, STAGES["distill"])  # one override covers the round's check
 
 
 def test_the_cli_refuses_a_held_stage_with_a_way_out(db_path: Path) -> None:

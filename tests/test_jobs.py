@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from teachlab import pipeline
 from teachlab.db import Run, Study, write_session
 from teachlab.db.tables import utcnow
 from teachlab.errors import DataError, JobError
-from teachlab.jobs import Cancelled, queue, runs
+from teachlab.jobs import Cancelled, Stage, queue, runs
 from teachlab.jobs.executor import execute
+from teachlab.stages import STAGES, stage_named
 
 
 @pytest.fixture
@@ -30,8 +30,12 @@ def study_id(db_path: Path) -> int:
         return study.id  # type: ignore[return-value]
 
 
+TABLE: dict[str, Stage] = {}
+
+
 def patch_stage(monkeypatch: pytest.MonkeyPatch, fn: Any) -> None:
-    monkeypatch.setitem(pipeline.STAGES, "check", fn)
+    """Hand the runner a table whose "check" stage is ``fn``."""
+    monkeypatch.setitem(TABLE, "check", Stage("check", fn, "a test stage"))
 
 
 def test_a_study_runs_one_top_level_job_at_a_time(study_id: int) -> None:
@@ -42,7 +46,8 @@ def test_a_study_runs_one_top_level_job_at_a_time(study_id: int) -> None:
 
 def test_unknown_stage_is_refused(study_id: int) -> None:
     with pytest.raises(JobError, match="choose one of"):
-        runs.create_run(study_id, "teleport")
+        stage_named("teleport")
+    assert "teleport" not in STAGES
 
 
 def test_only_one_executor_claims_a_run(study_id: int) -> None:
@@ -70,7 +75,7 @@ def test_success_records_result_progress_and_provenance(
 
     patch_stage(monkeypatch, stage)
     run = runs.create_run(study_id, "check", seed=7)
-    final = execute(run.id)
+    final = execute(run.id, TABLE)
     assert final.status == "succeeded" and final.result == {"items": 3}
     assert (final.progress_done, final.progress_total) == (3, 3)
     assert final.provenance["packages"]["torch"].startswith("2.")
@@ -83,7 +88,7 @@ def test_user_error_fails_with_its_message(study_id: int, monkeypatch: pytest.Mo
         raise DataError("The task file is empty; upload one with examples.")
 
     patch_stage(monkeypatch, stage)
-    final = execute(runs.create_run(study_id, "check").id)
+    final = execute(runs.create_run(study_id, "check").id, TABLE)
     assert (
         final.status == "failed"
         and final.error == "The task file is empty; upload one with examples."
@@ -94,7 +99,7 @@ def test_bug_fails_with_type_and_keeps_the_trace_in_the_log(
     study_id: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     patch_stage(monkeypatch, lambda ctx, run: {}["missing"])
-    final = execute(runs.create_run(study_id, "check").id)
+    final = execute(runs.create_run(study_id, "check").id, TABLE)
     assert final.status == "failed" and final.error.startswith("KeyError")
     assert "Traceback" in Path(final.provenance["log"]).read_text()
 
@@ -113,7 +118,7 @@ def test_cancel_stops_a_running_stage_at_its_next_check(
         return {}
 
     patch_stage(monkeypatch, stage)
-    final = execute(runs.create_run(study_id, "check").id)
+    final = execute(runs.create_run(study_id, "check").id, TABLE)
     assert final.status == "cancelled" and seen == [0, 1]
 
 
@@ -137,9 +142,9 @@ def test_resume_requeues_a_stopped_run_and_refuses_finished_ones(
 
     patch_stage(monkeypatch, stage)
     run = runs.create_run(study_id, "check")
-    assert execute(run.id).status == "cancelled"
+    assert execute(run.id, TABLE).status == "cancelled"
     runs.prepare_resume(run.id)
-    final = execute(run.id)
+    final = execute(run.id, TABLE)
     assert final.status == "succeeded" and calls == [1, 2]
     with pytest.raises(JobError, match="already succeeded"):
         runs.prepare_resume(run.id)

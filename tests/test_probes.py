@@ -9,8 +9,9 @@ import pytest
 
 from teachlab.errors import DataError
 from teachlab.jobs import LocalContext
-from teachlab.probes import candidate_pool, ensure_probes, response_rows
+from teachlab.rounds import current_round, load_round
 from teachlab.score.scorer import ProbeOutcome
+from teachlab.stages.probes import candidate_pool, ensure_probes, response_rows
 from teachlab.studies import create_study, get_study
 from teachlab.tasks import Example, Task
 
@@ -62,7 +63,7 @@ def test_random_selection_leaves_the_study_alone(storage: Path, tmp_path: Path) 
         )
     )
     study = create_study("s", f"file:{path}", config={"n_probe": 8, "n_test": 20})
-    same = ensure_probes(LocalContext(), study, make_task(), "random", 8)
+    same = ensure_probes(LocalContext(), load_round(current_round(study.id).id)).study  # type: ignore[arg-type]
     assert same.splits == get_study(study.id).splits  # type: ignore[arg-type]
 
 
@@ -77,10 +78,8 @@ def test_irt_selection_on_the_bundled_models_is_stored_once(storage: Path, tmp_p
         "bigbench:sports_understanding",
         config={"n_probe": 6, "n_test": 10, "probe_selection": "irt"},
     )
-    from teachlab.tasks import resolve_task
-
-    task = resolve_task(study.task_ref)
-    chosen = ensure_probes(LocalContext(), study, task, "irt", 6)
+    loaded = load_round(current_round(study.id).id)  # type: ignore[arg-type]
+    chosen = ensure_probes(LocalContext(), loaded).study
     info = chosen.splits["probe_selection"]
     assert info["method"] == "irt" and len(chosen.splits["probe"]) == 6
     assert set(chosen.splits["probe"]) <= set(info["pool"])
@@ -88,5 +87,5 @@ def test_irt_selection_on_the_bundled_models_is_stored_once(storage: Path, tmp_p
         set(chosen.splits["seed"]) | set(chosen.splits["test"])
     )
     assert len(info["subjects"]) == 8  # student and teacher at 0..3 shots
-    again = ensure_probes(LocalContext(), chosen, task, "irt", 6)
+    again = ensure_probes(LocalContext(), load_round(loaded.id)).study
     assert again.splits == chosen.splits  # not refitted

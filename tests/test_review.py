@@ -17,8 +17,8 @@ from teachlab.db import (
     Draft,
     Pair,
     Round,
+    Store,
     Study,
-    engine_for,
     init_db,
     read_session,
     write_session,
@@ -32,13 +32,13 @@ from teachlab.settings import get_settings
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TEACHLAB_STORAGE", str(tmp_path / "storage"))
     get_settings.cache_clear()
-    path = init_db(tmp_path / "t.db")
+    path = init_db().path
     yield path
     get_settings.cache_clear()
 
 
 def make_round(db: Path, n_drafts: int = 8) -> tuple[int, list[int]]:
-    with write_session(db) as s:
+    with write_session() as s:
         study = Study(name="s", task_ref="bigbench:x", teacher="t", student="s")
         s.add(study)
         s.flush()
@@ -76,18 +76,18 @@ def pairs(db: Path) -> tuple[int, list[Pair]]:
     round_id, d = make_round(db)
     specs = [spec(d[0], d[1], 0.8), spec(d[2], d[3], 0.1), spec(d[4], d[5], 0.4)]
     specs.append(spec(d[6], d[7], 0.2, level="rationale"))
-    assert review.store_pairs(round_id, specs, db_path=db) == 4
-    return round_id, review.queue(round_id, order="id", db_path=db)
+    assert review.store_pairs(round_id, specs) == 4
+    return round_id, review.queue(round_id, order="id")
 
 
 def events(db: Path) -> list[dict[str, Any]]:
-    with read_session(db) as s:
+    with read_session() as s:
         rows = s.exec(select(AnnotationEvent).order_by(AnnotationEvent.id)).all()
         return [row.model_dump() for row in rows]
 
 
 def row(db: Path, pair_id: int) -> Pair:
-    with read_session(db) as s:
+    with read_session() as s:
         pair = s.get(Pair, pair_id)
         assert pair is not None
         return pair
@@ -99,17 +99,17 @@ def row(db: Path, pair_id: int) -> Pair:
 def test_store_pairs_is_idempotent_even_after_a_swap(db: Path) -> None:
     round_id, d = make_round(db)
     specs = [spec(d[0], d[1], 0.5), spec(d[2], d[3], 0.3), spec(d[0], d[1], 0.5)]
-    assert review.store_pairs(round_id, specs, db_path=db) == 2  # the duplicate spec skipped
-    stored = review.queue(round_id, order="id", db_path=db)
+    assert review.store_pairs(round_id, specs) == 2  # the duplicate spec skipped
+    stored = review.queue(round_id, order="id")
     assert [(p.status, p.source, p.version) for p in stored] == [("proposed", "auto", 1)] * 2
     assert stored[0].chosen == f"text {d[0]}" and stored[0].chosen_draft_id == d[0]
-    review.decide(stored[0].id, "swap", "alice", 1, db_path=db)
+    review.decide(stored[0].id, "swap", "alice", 1)
     # A resumed pair stage proposes the same pairs again: nothing new, the swap survives.
-    assert review.store_pairs(round_id, specs, db_path=db) == 0
-    assert review.progress(round_id, db_path=db) == (1, 2)
+    assert review.store_pairs(round_id, specs) == 0
+    assert review.progress(round_id) == (1, 2)
     assert row(db, stored[0].id).chosen_draft_id == d[1]
     # The same drafts at the other level are a different pair.
-    assert review.store_pairs(round_id, [spec(d[0], d[1], 0.5, "rationale")], db_path=db) == 1
+    assert review.store_pairs(round_id, [spec(d[0], d[1], 0.5, "rationale")]) == 1
     assert events(db) and all(e["action"] == "swap" for e in events(db))  # no create events
 
 
@@ -118,14 +118,14 @@ def test_store_pairs_is_idempotent_even_after_a_swap(db: Path) -> None:
 
 def test_approve_reject_and_reopen_change_status_and_log(db: Path, pairs: Any) -> None:
     _, (p, *_rest) = pairs
-    approved = review.decide(p.id, "approve", "alice", 1, note="looks right", db_path=db)
+    approved = review.decide(p.id, "approve", "alice", 1, note="looks right")
     assert (approved.status, approved.source, approved.version) == ("approved", "auto", 2)
     assert (approved.annotator, approved.note) == ("alice", "looks right")
-    rejected = review.decide(p.id, "reject", "bob", 2, db_path=db)
+    rejected = review.decide(p.id, "reject", "bob", 2)
     assert (rejected.status, rejected.version, rejected.annotator) == ("rejected", 3, "bob")
-    reopened = review.decide(p.id, "reopen", "bob", 3, db_path=db)
+    reopened = review.decide(p.id, "reopen", "bob", 3)
     assert reopened.status == "proposed"
-    trail = review.history(p.id, db_path=db)
+    trail = review.history(p.id)
     assert [(e.action, e.annotator) for e in trail] == [
         ("approve", "alice"),
         ("reject", "bob"),
@@ -140,7 +140,7 @@ def test_approve_reject_and_reopen_change_status_and_log(db: Path, pairs: Any) -
 
 def test_swap_exchanges_texts_drafts_and_scores(db: Path, pairs: Any) -> None:
     _, (p, *_rest) = pairs
-    swapped = review.decide(p.id, "swap", "alice", 1, db_path=db)
+    swapped = review.decide(p.id, "swap", "alice", 1)
     assert (swapped.chosen, swapped.rejected) == (p.rejected, p.chosen)
     assert (swapped.chosen_draft_id, swapped.rejected_draft_id) == (
         p.rejected_draft_id,
@@ -149,24 +149,24 @@ def test_swap_exchanges_texts_drafts_and_scores(db: Path, pairs: Any) -> None:
     assert (swapped.chosen_score, swapped.rejected_score) == (p.rejected_score, p.chosen_score)
     assert swapped.margin == pytest.approx(-p.margin)
     assert (swapped.status, swapped.source) == ("overridden", "human")
-    (event,) = review.history(p.id, db_path=db)
+    (event,) = review.history(p.id)
     assert event.before["chosen"] == p.chosen and event.after["chosen"] == p.rejected
     assert event.after["chosen_draft_id"] == p.rejected_draft_id
 
 
 def test_edit_replaces_text_and_refuses_pointless_edits(db: Path, pairs: Any) -> None:
     _, (p, *_rest) = pairs
-    edited = review.decide(p.id, "edit", "alice", 1, chosen="a better question", db_path=db)
+    edited = review.decide(p.id, "edit", "alice", 1, chosen="a better question")
     assert (edited.chosen, edited.rejected) == ("a better question", p.rejected)
     assert (edited.status, edited.source, edited.version) == ("edited", "human", 2)
     assert edited.chosen_draft_id == p.chosen_draft_id  # provenance kept
-    (event,) = review.history(p.id, db_path=db)
+    (event,) = review.history(p.id)
     assert (event.before["chosen"], event.after["chosen"]) == (p.chosen, "a better question")
     for texts in ({"rejected": "a better question"}, {"chosen": "  "}, {}):
         with pytest.raises(ConfigError):
-            review.decide(p.id, "edit", "alice", 2, db_path=db, **texts)
+            review.decide(p.id, "edit", "alice", 2, **texts)
     with pytest.raises(ConfigError, match="only taken by 'edit'"):
-        review.decide(p.id, "approve", "alice", 2, chosen="x", db_path=db)
+        review.decide(p.id, "approve", "alice", 2, chosen="x")
     assert row(db, p.id).version == 2 and len(events(db)) == 1
 
 
@@ -174,41 +174,41 @@ def test_annotator_action_and_pair_are_checked(db: Path, pairs: Any) -> None:
     _, (p, *_rest) = pairs
     for who in ("", "   ", None):
         with pytest.raises(PermissionDenied):
-            review.decide(p.id, "approve", who, 1, db_path=db)  # type: ignore[arg-type]
+            review.decide(p.id, "approve", who, 1)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
-        review.decide(p.id, "delete", "alice", 1, db_path=db)
+        review.decide(p.id, "delete", "alice", 1)
     with pytest.raises(NotFoundError):
-        review.decide(9999, "approve", "alice", 1, db_path=db)
+        review.decide(9999, "approve", "alice", 1)
     assert events(db) == [] and row(db, p.id).version == 1
 
 
 def test_undo_restores_the_state_before_each_decision_in_turn(db: Path, pairs: Any) -> None:
     _, (p, *_rest) = pairs
-    review.decide(p.id, "swap", "alice", 1, db_path=db)
-    review.decide(p.id, "edit", "alice", 2, rejected="worse text", db_path=db)
-    first = review.undo(p.id, "bob", 3, db_path=db)  # undoes the edit: back to the swap
+    review.decide(p.id, "swap", "alice", 1)
+    review.decide(p.id, "edit", "alice", 2, rejected="worse text")
+    first = review.undo(p.id, "bob", 3)  # undoes the edit: back to the swap
     assert (first.status, first.rejected, first.version) == ("overridden", p.chosen, 4)
     assert first.chosen_draft_id == p.rejected_draft_id
-    second = review.undo(p.id, "bob", 4, db_path=db)  # undoes the swap: back to the proposal
+    second = review.undo(p.id, "bob", 4)  # undoes the swap: back to the proposal
     assert (second.status, second.source) == ("proposed", "auto")
     assert (second.chosen, second.rejected, second.margin) == (p.chosen, p.rejected, p.margin)
     assert second.chosen_draft_id == p.chosen_draft_id and second.version == 5
     with pytest.raises(NotFoundError, match="no decision left"):
-        review.undo(p.id, "bob", 5, db_path=db)
-    trail = review.history(p.id, db_path=db)
+        review.undo(p.id, "bob", 5)
+    trail = review.history(p.id)
     assert [e.action for e in trail] == ["swap", "edit", "undo", "undo"]
     assert trail[2].note == f"undo of edit by alice (event {trail[1].id})"
     assert trail[3].after["status"] == "proposed" and trail[3].before["status"] == "overridden"
     with pytest.raises(ConflictError):
-        review.undo(p.id, "bob", 3, db_path=db)  # stale undo
+        review.undo(p.id, "bob", 3)  # stale undo
 
 
 def test_a_stale_decision_is_refused_and_changes_nothing(db: Path, pairs: Any) -> None:
     _, (p, *_rest) = pairs
-    review.decide(p.id, "approve", "alice", 1, db_path=db)
+    review.decide(p.id, "approve", "alice", 1)
     before_row, before_events = row(db, p.id), events(db)
     with pytest.raises(ConflictError) as info:
-        review.decide(p.id, "reject", "bob", 1, db_path=db)  # bob opened version 1
+        review.decide(p.id, "reject", "bob", 1)  # bob opened version 1
     message = str(info.value)
     assert f"Pair {p.id} was changed by alice at " in message
     assert "reload to see the new version, then decide again" in message
@@ -227,7 +227,7 @@ def test_two_annotators_deciding_at_once_exactly_one_wins(db: Path, pairs: Any) 
     def annotate(i: int) -> None:
         barrier.wait()
         try:
-            review.decide(p.id, "approve" if i % 2 else "reject", f"annotator{i}", 1, db_path=db)
+            review.decide(p.id, "approve" if i % 2 else "reject", f"annotator{i}", 1)
             result = "won"
         except ConflictError:
             result = "conflict"
@@ -244,7 +244,7 @@ def test_two_annotators_deciding_at_once_exactly_one_wins(db: Path, pairs: Any) 
     assert sorted(outcomes) == ["conflict"] * (n - 1) + ["won"]
     final = row(db, p.id)
     assert final.version == 2
-    (event,) = review.history(p.id, db_path=db)
+    (event,) = review.history(p.id)
     assert event.annotator == final.annotator and event.after["status"] == final.status
 
 
@@ -253,36 +253,36 @@ def test_two_annotators_deciding_at_once_exactly_one_wins(db: Path, pairs: Any) 
 
 def test_bulk_by_margin_filter_logs_one_event_per_pair(db: Path, pairs: Any) -> None:
     round_id, rows = pairs  # margins 0.8, 0.1, 0.4 (question) and 0.2 (rationale)
-    n = review.bulk(round_id, "approve", "carol", max_margin=0.4, level="question", db_path=db)
+    n = review.bulk(round_id, "approve", "carol", max_margin=0.4, level="question")
     assert n == 2
-    statuses = {p.margin: p.status for p in review.queue(round_id, db_path=db)}
+    statuses = {p.margin: p.status for p in review.queue(round_id)}
     assert statuses == {0.1: "approved", 0.4: "approved", 0.8: "proposed", 0.2: "proposed"}
-    assert review.bulk(round_id, "reject", "carol", min_margin=0.15, db_path=db) == 2
-    statuses = {p.margin: p.status for p in review.queue(round_id, db_path=db)}
+    assert review.bulk(round_id, "reject", "carol", min_margin=0.15) == 2
+    statuses = {p.margin: p.status for p in review.queue(round_id)}
     assert statuses == {0.1: "approved", 0.4: "approved", 0.8: "rejected", 0.2: "rejected"}
     actions = [(e["action"], e["annotator"]) for e in events(db)]
     assert actions == [("bulk-approve", "carol")] * 2 + [("bulk-reject", "carol")] * 2
-    assert review.progress(round_id, db_path=db) == (4, 4)
+    assert review.progress(round_id) == (4, 4)
     with pytest.raises(ConfigError):
-        review.bulk(round_id, "swap", "carol", db_path=db)
+        review.bulk(round_id, "swap", "carol")
     with pytest.raises(PermissionDenied):
-        review.bulk(round_id, "approve", "", db_path=db)
+        review.bulk(round_id, "approve", "")
     # A decision made on the version seen before the bulk is now stale.
     with pytest.raises(ConflictError, match="carol"):
-        review.decide(rows[1].id, "reject", "alice", 1, db_path=db)
+        review.decide(rows[1].id, "reject", "alice", 1)
 
 
 def test_queue_shows_uncertain_pairs_first_and_filters(db: Path, pairs: Any) -> None:
     round_id, rows = pairs
-    assert [p.margin for p in review.queue(round_id, db_path=db)] == [0.1, 0.2, 0.4, 0.8]
-    review.decide(rows[0].id, "swap", "alice", 1, db_path=db)  # margin becomes -0.8
-    assert [p.margin for p in review.queue(round_id, db_path=db)] == [0.1, 0.2, 0.4, -0.8]
-    assert [p.margin for p in review.queue(round_id, level="rationale", db_path=db)] == [0.2]
-    assert [p.id for p in review.queue(round_id, status="overridden", db_path=db)] == [rows[0].id]
-    assert len(review.queue(round_id, limit=2, db_path=db)) == 2
-    assert review.progress(round_id, db_path=db) == (1, 4)
+    assert [p.margin for p in review.queue(round_id)] == [0.1, 0.2, 0.4, 0.8]
+    review.decide(rows[0].id, "swap", "alice", 1)  # margin becomes -0.8
+    assert [p.margin for p in review.queue(round_id)] == [0.1, 0.2, 0.4, -0.8]
+    assert [p.margin for p in review.queue(round_id, level="rationale")] == [0.2]
+    assert [p.id for p in review.queue(round_id, status="overridden")] == [rows[0].id]
+    assert len(review.queue(round_id, limit=2)) == 2
+    assert review.progress(round_id) == (1, 4)
     with pytest.raises(ConfigError):
-        review.queue(round_id, order="random", db_path=db)
+        review.queue(round_id, order="random")
 
 
 # ---- what DPO trains on ---------------------------------------------------------------
@@ -291,18 +291,18 @@ def test_queue_shows_uncertain_pairs_first_and_filters(db: Path, pairs: Any) -> 
 def test_training_pairs_with_and_without_unreviewed(db: Path, pairs: Any) -> None:
     round_id, rows = pairs
     swapped, rejected, edited, untouched = rows
-    review.decide(swapped.id, "swap", "alice", 1, db_path=db)
-    review.decide(rejected.id, "reject", "alice", 1, db_path=db)
-    review.decide(edited.id, "edit", "alice", 1, chosen="human text", db_path=db)
-    reviewed = review.training_pairs(round_id, use_unreviewed=False, db_path=db)
+    review.decide(swapped.id, "swap", "alice", 1)
+    review.decide(rejected.id, "reject", "alice", 1)
+    review.decide(edited.id, "edit", "alice", 1, chosen="human text")
+    reviewed = review.training_pairs(round_id, use_unreviewed=False)
     assert [p.id for p in reviewed] == [swapped.id, edited.id]
     by_id = {p.id: p for p in reviewed}
     assert by_id[swapped.id].chosen == swapped.rejected  # the human's order wins
     assert by_id[edited.id].chosen == "human text"  # the human's text wins
-    everything = review.training_pairs(round_id, use_unreviewed=True, db_path=db)
+    everything = review.training_pairs(round_id, use_unreviewed=True)
     assert [p.id for p in everything] == [swapped.id, edited.id, untouched.id]
-    review.decide(untouched.id, "approve", "alice", 1, db_path=db)
-    assert len(review.training_pairs(round_id, use_unreviewed=False, db_path=db)) == 3
+    review.decide(untouched.id, "approve", "alice", 1)
+    assert len(review.training_pairs(round_id, use_unreviewed=False)) == 3
 
 
 def test_training_pairs_follow_the_curriculum_rank(db: Path) -> None:
@@ -311,8 +311,8 @@ def test_training_pairs_follow_the_curriculum_rank(db: Path) -> None:
         PairSpec("question", "ranked", "g", "p", d[0], d[1], "a", "b", 0.9, 0.6, 0.3, rank=2),
         PairSpec("question", "ranked", "g", "p", d[0], d[2], "a", "c", 0.9, 0.1, 0.8, rank=1),
     ]
-    review.store_pairs(round_id, specs, db_path=db)
-    ranks = [p.rank for p in review.training_pairs(round_id, use_unreviewed=True, db_path=db)]
+    review.store_pairs(round_id, specs)
+    ranks = [p.rank for p in review.training_pairs(round_id, use_unreviewed=True)]
     assert ranks == [1, 2]
 
 
@@ -323,19 +323,19 @@ def test_the_audit_log_only_grows(db: Path, pairs: Any) -> None:
     round_id, rows = pairs
     p = rows[0]
     steps = [
-        lambda: review.decide(p.id, "approve", "alice", 1, db_path=db),
-        lambda: review.decide(p.id, "swap", "bob", 2, db_path=db),
-        lambda: review.undo(p.id, "bob", 3, db_path=db),
-        lambda: review.bulk(round_id, "reject", "carol", db_path=db),
-        lambda: review.decide(p.id, "edit", "alice", 4, chosen="new", db_path=db),
-        lambda: review.decide(p.id, "reject", "bob", 1, db_path=db),  # stale: refused
+        lambda: review.decide(p.id, "approve", "alice", 1),
+        lambda: review.decide(p.id, "swap", "bob", 2),
+        lambda: review.undo(p.id, "bob", 3),
+        lambda: review.bulk(round_id, "reject", "carol"),
+        lambda: review.decide(p.id, "edit", "alice", 4, chosen="new"),
+        lambda: review.decide(p.id, "reject", "bob", 1),  # stale: refused
     ]
     statements: list[str] = []
 
     def spy(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
         statements.append(sql)
 
-    engine = engine_for(db)
+    engine = Store(db).engine()
     event.listen(engine, "before_cursor_execute", spy)
     seen: list[dict[str, Any]] = []
     for step in steps:
@@ -372,7 +372,7 @@ def test_agreement_of_two_annotators_uses_their_last_verdicts(db: Path, pairs: A
     version = {p.id: 1 for p in rows}
 
     def act(p: Pair, action: str, who: str) -> None:
-        version[p.id] = review.decide(p.id, action, who, version[p.id], db_path=db).version
+        version[p.id] = review.decide(p.id, action, who, version[p.id]).version
 
     act(rows[0], "approve", "alice")
     act(rows[0], "approve", "bob")
@@ -382,7 +382,7 @@ def test_agreement_of_two_annotators_uses_their_last_verdicts(db: Path, pairs: A
     act(rows[2], "approve", "alice")
     act(rows[2], "reject", "bob")
     act(rows[3], "approve", "alice")  # only alice: not shared
-    result = review.agreement(round_id, "alice", "bob", db_path=db)
+    result = review.agreement(round_id, "alice", "bob")
     # alice: approve, reject, approve; bob: approve, reject, reject
     # p_o = 2/3; p_e = (2/3)(1/3) + (1/3)(2/3) = 4/9; kappa = (2/3 - 4/9) / (5/9) = 0.4
     assert (result.n, result.observed) == (3, pytest.approx(2 / 3))

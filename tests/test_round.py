@@ -27,8 +27,9 @@ from teachlab.db import (
     write_session,
 )
 from teachlab.jobs import runs
-from teachlab.jobs.executor import execute
-from teachlab.studies import create_study, current_round
+from teachlab.rounds import current_round
+from teachlab.stages.launch import execute_here, submit
+from teachlab.studies import create_study
 from tests.conftest import bigbench_available
 
 pytestmark = [
@@ -86,7 +87,7 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
 def test_a_whole_round_on_the_bundled_models(storage: Path) -> None:
     study = create_study("round", TASK, config=TINY)
     rnd = current_round(study.id)  # type: ignore[arg-type]
-    final = execute(runs.create_run(study.id, "round", round_id=rnd.id).id)  # type: ignore[arg-type]
+    final = execute_here(runs.create_run(study.id, "round", round_id=rnd.id).id)  # type: ignore[arg-type]
     assert final.status == "succeeded", final.error
     children = {r.kind: r for r in runs.list_runs(study.id) if r.parent_id == final.id}
     assert set(children) == {
@@ -136,7 +137,7 @@ def test_a_whole_round_on_the_bundled_models(storage: Path) -> None:
 
 def test_kill_mid_scoring_loses_nothing_finished(storage: Path) -> None:
     study = create_study("kill-score", TASK, config=TINY)
-    assert execute(run_stage(study.id, "draft").id).status == "succeeded"  # type: ignore[arg-type]
+    assert execute_here(run_stage(study.id, "draft").id).status == "succeeded"  # type: ignore[arg-type]
     score = run_stage(study.id, "score")  # type: ignore[arg-type]
     proc = spawn_exec(score.id, storage)  # type: ignore[arg-type]
     scored = col(ProbeResult.draft_id).is_not(None)
@@ -148,7 +149,7 @@ def test_kill_mid_scoring_loses_nothing_finished(storage: Path) -> None:
     assert runs.get_run(score.id).status == "running"  # the killed process recorded no end
     assert runs.reap(stale_after_s=0) == [score.id]
     assert runs.get_run(score.id).status == "interrupted"
-    final = execute(score.id)  # type: ignore[arg-type]
+    final = execute_here(score.id)  # type: ignore[arg-type]
     assert final.status == "succeeded" and final.attempts == 2
     with read_session() as session:
         after = {(r.draft_id, r.probe_index): r.id for r in session.exec(select(ProbeResult))}
@@ -184,7 +185,7 @@ def test_kill_mid_training_resumes_from_the_last_checkpoint(storage: Path) -> No
     proc.wait()
     runs.reap(stale_after_s=0)
     assert runs.get_run(align.id).status == "interrupted"
-    final = execute(align.id)  # type: ignore[arg-type]
+    final = execute_here(align.id)  # type: ignore[arg-type]
     assert final.status == "succeeded", final.error
     assert final.result["steps"] == 4 and final.result["resumed_from"] >= 2
     with read_session() as session:
@@ -195,11 +196,9 @@ def test_kill_mid_training_resumes_from_the_last_checkpoint(storage: Path) -> No
 
 
 def test_the_worker_executes_a_queued_run(storage: Path) -> None:
-    from teachlab.jobs import queue
-
     study = create_study("worker", TASK, config={**TINY, "n_test": 6})
     rnd = current_round(study.id)  # type: ignore[arg-type]
-    run = queue.submit(study.id, "evaluate", round_id=rnd.id)  # type: ignore[arg-type]
+    run = submit(study.id, "evaluate", requested_by="test").run  # type: ignore[arg-type]
     worker = subprocess.Popen(
         [sys.executable, "-m", "teachlab", "worker"],
         env={**os.environ, "TEACHLAB_STORAGE": str(storage)},

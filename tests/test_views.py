@@ -50,7 +50,7 @@ def populate(db: Path, folder: Path) -> dict[str, Any]:
     """One study, two rounds, drafts of every status, probe results, pairs, runs, metrics."""
     task, fingerprint = write_task(folder)
     ids: dict[str, Any] = {}
-    with write_session(db) as s:
+    with write_session() as s:
         study = Study(
             name="s1",
             task_ref=f"file:{task}",

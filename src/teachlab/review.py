@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, update
@@ -158,7 +157,6 @@ def decide(
     note: str = "",
     chosen: str | None = None,
     rejected: str | None = None,
-    db_path: Path | None = None,
 ) -> Pair:
     """Approve, swap, edit, reject or reopen a pair that is still at ``expected_version``."""
     who = _who(annotator)
@@ -166,7 +164,7 @@ def decide(
         raise ConfigError(f"Unknown decision {action!r}; choose one of {', '.join(DECISIONS)}.")
     if action != "edit" and (chosen is not None or rejected is not None):
         raise ConfigError(f"New texts are only taken by 'edit', not by {action!r}.")
-    with write_session(db_path) as session:
+    with write_session() as session:
         pair = _get(session, pair_id)
         if pair.version != expected_version:
             raise _conflict(pair, expected_version)
@@ -180,14 +178,13 @@ def undo(
     annotator: str,
     expected_version: int,
     note: str = "",
-    db_path: Path | None = None,
 ) -> Pair:
     """Restore the pair as it was before its latest decision not yet undone.
 
     Undos stack: each one cancels the newest remaining decision, and is itself a new event.
     """
     who = _who(annotator)
-    with write_session(db_path) as session:
+    with write_session() as session:
         pair = _get(session, pair_id)
         if pair.version != expected_version:
             raise _conflict(pair, expected_version)
@@ -218,7 +215,7 @@ def _key(level: str, a: int | None, b: int | None) -> tuple[str, frozenset[int |
     return (level, frozenset((a, b)))
 
 
-def store_pairs(round_id: int, specs: Iterable[PairSpec], db_path: Path | None = None) -> int:
+def store_pairs(round_id: int, specs: Iterable[PairSpec]) -> int:
     """Insert automatic pairs (proposed, version 1); returns how many were new.
 
     Idempotent: a pair over the same two drafts at the same level is never stored twice, in
@@ -226,7 +223,7 @@ def store_pairs(round_id: int, specs: Iterable[PairSpec], db_path: Path | None =
     audit event is written: the row itself records the automatic proposal, and the first
     decision's ``before`` keeps that state for undo.
     """
-    with write_session(db_path) as session:
+    with write_session() as session:
         rows = session.exec(
             select(Pair.level, Pair.chosen_draft_id, Pair.rejected_draft_id).where(
                 Pair.round_id == round_id
@@ -288,13 +285,12 @@ def bulk(
     status: str | None = "proposed",
     level: str | None = None,
     note: str = "",
-    db_path: Path | None = None,
 ) -> int:
     """Approve or reject every pair matching the filter, one event each, in one transaction."""
     who = _who(annotator)
     if action not in BULK:
         raise ConfigError(f"Bulk decisions are {' or '.join(BULK)}, not {action!r}.")
-    with write_session(db_path) as session:
+    with write_session() as session:
         query = _filtered(round_id, status, level, min_margin, max_margin)
         pairs = session.exec(query.order_by(col(Pair.id))).all()
         for pair in pairs:
@@ -310,7 +306,6 @@ def queue(
     level: str | None = None,
     order: str = "margin",
     limit: int | None = None,
-    db_path: Path | None = None,
 ) -> list[Pair]:
     """The round's pairs, least certain (smallest |margin|) first by default (Hybrid Preferences)."""
     if order not in ORDERS:
@@ -323,13 +318,13 @@ def queue(
     query = _filtered(round_id, status, level).order_by(*keys)
     if limit is not None:
         query = query.limit(limit)
-    with read_session(db_path) as session:
+    with read_session() as session:
         return list(session.exec(query).all())
 
 
-def progress(round_id: int, db_path: Path | None = None) -> tuple[int, int]:
+def progress(round_id: int) -> tuple[int, int]:
     """(reviewed, total): reviewed = any status but proposed."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         rows = session.exec(
             select(Pair.status, func.count()).where(Pair.round_id == round_id).group_by(Pair.status)
         ).all()
@@ -337,9 +332,9 @@ def progress(round_id: int, db_path: Path | None = None) -> tuple[int, int]:
     return total - sum(n for s, n in rows if s == "proposed"), total
 
 
-def history(pair_id: int, db_path: Path | None = None) -> list[AnnotationEvent]:
+def history(pair_id: int) -> list[AnnotationEvent]:
     """Every event on a pair, oldest first."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         return list(
             session.exec(
                 select(AnnotationEvent)
@@ -349,7 +344,7 @@ def history(pair_id: int, db_path: Path | None = None) -> list[AnnotationEvent]:
         )
 
 
-def training_pairs(round_id: int, use_unreviewed: bool, db_path: Path | None = None) -> list[Pair]:
+def training_pairs(round_id: int, use_unreviewed: bool) -> list[Pair]:
     """The pairs DPO trains on, in curriculum order (rank, then id).
 
     Human-decided pairs (approved, swapped, edited) always count, with the human's texts since
@@ -357,7 +352,7 @@ def training_pairs(round_id: int, use_unreviewed: bool, db_path: Path | None = N
     rejected ones never.
     """
     statuses = (*TRAINED_STATUSES, "proposed") if use_unreviewed else TRAINED_STATUSES
-    with read_session(db_path) as session:
+    with read_session() as session:
         return list(
             session.exec(
                 select(Pair)
@@ -396,13 +391,13 @@ class Agreement:
 _VERDICT = {"bulk-approve": "approve", "bulk-reject": "reject"}
 
 
-def agreement(round_id: int, first: str, second: str, db_path: Path | None = None) -> Agreement:
+def agreement(round_id: int, first: str, second: str) -> Agreement:
     """Agreement of two annotators over the pairs both decided, from each one's last decision.
 
     Verdicts are approve | swap | edit | reject (bulk decisions count as approve/reject);
     undo and reopen are not verdicts.
     """
-    with read_session(db_path) as session:
+    with read_session() as session:
         events = session.exec(
             select(AnnotationEvent)
             .join(Pair, col(Pair.id) == AnnotationEvent.pair_id)

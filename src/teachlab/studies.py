@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from sqlmodel import col, func, select
+from sqlmodel import Session, col, func, select
 
 from teachlab.config import BACKENDS, StudyConfig
 from teachlab.db import Draft, Pair, Round, Run, Study, init_db, read_session, write_session
@@ -81,7 +80,6 @@ def create_study(
     config: dict[str, Any] | StudyConfig | None = None,
     description: str = "",
     guidelines: str = "",
-    db_path: Path | None = None,
 ) -> Study:
     """Validate everything, then store the study with its splits and its first round."""
     from teachlab.tasks import make_splits, resolve_task
@@ -98,8 +96,8 @@ def create_study(
     cfg.validate()
     task = resolve_task(task_ref)
     splits = make_splits(task, n_seed=cfg.n_seed, n_probe=cfg.n_probe, n_test=cfg.n_test, seed=seed)
-    init_db(db_path)
-    with write_session(db_path) as session:
+    init_db()
+    with write_session() as session:
         if session.exec(select(Study).where(Study.name == name)).first() is not None:
             raise ConfigError(f"A study named {name!r} exists already; choose another name.")
         study = Study(
@@ -126,39 +124,27 @@ def create_study(
         return study
 
 
-def get_study(ref: int | str, db_path: Path | None = None) -> Study:
-    """A study by id or name."""
-    init_db(db_path)
-    with read_session(db_path) as session:
-        if isinstance(ref, int) or str(ref).isdigit():
-            study = session.get(Study, int(ref))
-        else:
-            study = session.exec(select(Study).where(Study.name == str(ref))).first()
+def find_study(session: Session, ref: int | str) -> Study:
+    """A study by id or name, in an open session; NotFoundError naming how to list them."""
+    if isinstance(ref, int) or str(ref).isdigit():
+        study = session.get(Study, int(ref))
+    else:
+        study = session.exec(select(Study).where(Study.name == str(ref))).first()
     if study is None:
         raise NotFoundError(f"No study {ref!r}; list studies with `teachlab study list`.")
     return study
 
 
-def current_round(study_id: int, db_path: Path | None = None) -> Round:
-    with read_session(db_path) as session:
-        rnd = session.exec(
-            select(Round).where(Round.study_id == study_id).order_by(col(Round.index).desc())
-        ).first()
-    if rnd is None:
-        raise NotFoundError(f"Study #{study_id} has no round.")
-    return rnd
+def get_study(ref: int | str) -> Study:
+    """A study by id or name."""
+    init_db()
+    with read_session() as session:
+        return find_study(session, ref)
 
 
-def rounds(study_id: int, db_path: Path | None = None) -> list[Round]:
-    with read_session(db_path) as session:
-        return list(
-            session.exec(select(Round).where(Round.study_id == study_id).order_by(col(Round.index)))
-        )
-
-
-def list_studies(db_path: Path | None = None) -> list[StudySummary]:
-    init_db(db_path)
-    with read_session(db_path) as session:
+def list_studies() -> list[StudySummary]:
+    init_db()
+    with read_session() as session:
         studies = session.exec(select(Study).order_by(col(Study.id))).all()
         out = []
         for s in studies:
@@ -189,9 +175,9 @@ def list_studies(db_path: Path | None = None) -> list[StudySummary]:
     return out
 
 
-def duplicate_study(ref: int | str, new_name: str, db_path: Path | None = None) -> Study:
+def duplicate_study(ref: int | str, new_name: str) -> Study:
     """A new study with the same task, models, settings and seed (no drafts or runs)."""
-    src = get_study(ref, db_path)
+    src = get_study(ref)
     return create_study(
         new_name,
         src.task_ref,
@@ -202,33 +188,32 @@ def duplicate_study(ref: int | str, new_name: str, db_path: Path | None = None) 
         config=src.config,
         description=src.description,
         guidelines=src.guidelines,
-        db_path=db_path,
     )
 
 
-def update_guidelines(ref: int | str, text: str, db_path: Path | None = None) -> None:
-    study = get_study(ref, db_path)
-    with write_session(db_path) as session:
+def update_guidelines(ref: int | str, text: str) -> None:
+    study = get_study(ref)
+    with write_session() as session:
         row = session.get(Study, study.id)
         assert row is not None
         row.guidelines = text[:20000]
         session.add(row)
 
 
-def ensure_demo_study(db_path: Path | None = None) -> Study | None:
+def ensure_demo_study() -> Study | None:
     """Create the demo study on first start (bundled models, a BIG-bench task) if none exist."""
     from teachlab.tasks import list_bigbench
 
-    init_db(db_path)
-    with read_session(db_path) as session:
+    init_db()
+    with read_session() as session:
         if session.exec(select(Study)).first() is not None:
             return None
     if DEMO_TASK.split(":", 1)[1] not in list_bigbench():
         return None  # task data not fetched yet (`teachlab data fetch`)
-    return create_demo_study(DEMO_NAME, db_path=db_path)
+    return create_demo_study(DEMO_NAME)
 
 
-def create_demo_study(name: str = DEMO_NAME, db_path: Path | None = None) -> Study:
+def create_demo_study(name: str = DEMO_NAME) -> Study:
     """The demo study: the demo task and settings on the bundled models, with guidelines."""
     return create_study(
         name,
@@ -238,5 +223,4 @@ def create_demo_study(name: str = DEMO_NAME, db_path: Path | None = None) -> Stu
         description=DEMO_DESCRIPTION,
         guidelines="Prefer the draft whose question is well-formed, whose target is correct, and "
         "whose rationale reaches the target by valid steps. When both are bad, reject the pair.",
-        db_path=db_path,
     )

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from teachlab.db.engine import dispose_all, engine_for, read_session, write_session
-from teachlab.db.migrate import init_db
+from teachlab.db.store import Store, get_store, init_db, read_session, write_session
 from teachlab.db.tables import (
     AnnotationEvent,
     Draft,
@@ -27,9 +26,9 @@ __all__ = [
     "Round",
     "Run",
     "SignalCheck",
+    "Store",
     "Study",
-    "dispose_all",
-    "engine_for",
+    "get_store",
     "init_db",
     "read_session",
     "write_session",

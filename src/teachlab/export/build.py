@@ -100,7 +100,6 @@ def export(
     name: str | None = None,
     conversational: bool = False,
     overwrite: bool = False,
-    db_path: Path | None = None,
 ) -> ExportResult:
     """Export ``selection`` as ``kind`` (dpo | sft | drafts) in ``fmt`` (jsonl | parquet | datasets).
 
@@ -112,7 +111,7 @@ def export(
         raise ConfigError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     if conversational and kind != "dpo":
         raise ConfigError("Only DPO exports have a conversational form (SFT is always messages).")
-    loaded = rows.load(selection, kind, db_path)
+    loaded = rows.load(selection, kind)
     build = {"dpo": rows.dpo_rows, "sft": rows.sft_rows, "drafts": rows.draft_rows}[kind]
     data = build(loaded)
     if not data:

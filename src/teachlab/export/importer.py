@@ -228,16 +228,15 @@ def _margin(row: Mapping[str, Any]) -> float:
     return float(c) - float(r) if c is not None and r is not None else 0.0
 
 
-def _target(study: int | str, db_path: Path | None) -> tuple[Any, Any]:
-    from teachlab.studies import current_round, get_study
+def _target(study: int | str) -> tuple[Any, Any]:
+    from teachlab.rounds import current_round, row_id
+    from teachlab.studies import get_study
 
-    s = get_study(study, db_path)
-    return s, current_round(s.id, db_path)  # type: ignore[arg-type]
+    s = get_study(study)
+    return s, current_round(row_id(s))
 
 
-def import_pairs(
-    study: int | str, path: str | Path, *, annotator: str = "import", db_path: Path | None = None
-) -> ImportResult:
+def import_pairs(study: int | str, path: str | Path, *, annotator: str = "import") -> ImportResult:
     """Insert a DPO file's pairs into the study's current round (status from the file, else
     proposed); each new pair gets a ``create`` audit event by ``annotator``."""
     from teachlab.export.build import teacher_tokenizer
@@ -245,11 +244,11 @@ def import_pairs(
     path = Path(path)
     records = load_records(path)
     validate(records, DPO_SCHEMA, DPO_REQUIRED, "DPO", path.name)
-    s, rnd = _target(study, db_path)
+    s, rnd = _target(study)
     tokenizer = cache(lambda: teacher_tokenizer(rnd.teacher))
     texts = [pair_texts(row, i, tokenizer) for i, row in enumerate(records)]
     added = skipped = 0
-    with write_session(db_path) as session:
+    with write_session() as session:
         stored = session.exec(
             select(Pair.level, Pair.prompt, Pair.chosen, Pair.rejected).where(
                 Pair.round_id == rnd.id
@@ -295,7 +294,7 @@ def import_pairs(
     return ImportResult("dpo", s.name, rnd.index, added, skipped)
 
 
-def import_sft(study: int | str, path: str | Path, *, db_path: Path | None = None) -> ImportResult:
+def import_sft(study: int | str, path: str | Path) -> ImportResult:
     """Insert an SFT file's examples as tailored drafts (a question and its rationale each)."""
     from teachlab.score import answer_span
 
@@ -308,9 +307,9 @@ def import_sft(study: int | str, path: str | Path, *, db_path: Path | None = Non
                 f"Row {i} of {path.name}: messages must be one user message (the question) then "
                 "one assistant message (the rationale)."
             )
-    s, rnd = _target(study, db_path)
+    s, rnd = _target(study)
     added = skipped = 0
-    with write_session(db_path) as session:
+    with write_session() as session:
         keys = set(
             session.exec(
                 select(Draft.idem_key).where(Draft.round_id == rnd.id, Draft.phase == "tailored")

@@ -19,6 +19,7 @@ from teachlab.db import Draft, Pair, ProbeResult, Round, Study, read_session
 from teachlab.errors import ConfigError, NotFoundError
 from teachlab.pairs import LEVELS
 from teachlab.prompts import question_text, render_chat
+from teachlab.studies import find_study
 
 KINDS = ("dpo", "sft", "drafts")
 PAIR_STATUSES = ("proposed", "approved", "overridden", "edited", "rejected")
@@ -78,16 +79,6 @@ class Loaded:
     probes: dict[int, list[ProbeResult]]
 
 
-def _study(session: Any, ref: int | str) -> Study:
-    if isinstance(ref, int) or str(ref).isdigit():
-        study = session.get(Study, int(ref))
-    else:
-        study = session.exec(select(Study).where(Study.name == str(ref))).first()
-    if study is None:
-        raise NotFoundError(f"No study {ref!r}; list studies with `teachlab study list`.")
-    return study
-
-
 def _rounds(session: Any, study: Study, index: int | None) -> dict[int, Round]:
     query = select(Round).where(Round.study_id == study.id)
     if index is not None:
@@ -98,12 +89,12 @@ def _rounds(session: Any, study: Study, index: int | None) -> dict[int, Round]:
     return found  # type: ignore[return-value]
 
 
-def load(sel: Selection, kind: str, db_path: Path | None = None) -> Loaded:
+def load(sel: Selection, kind: str) -> Loaded:
     """Read what ``kind`` needs for ``sel`` (pairs in curriculum order; drafts by id)."""
     if kind not in KINDS:
         raise ConfigError(f"Unknown export kind {kind!r}; choose one of {', '.join(KINDS)}.")
-    with read_session(db_path) as session:
-        study = _study(session, sel.study)
+    with read_session() as session:
+        study = find_study(session, sel.study)
         rounds = _rounds(session, study, sel.round)
         ids = list(rounds)
         pairs: list[Pair] = []

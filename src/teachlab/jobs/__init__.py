@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from teachlab.jobs.context import Cancelled, LocalContext, StageContext
+from teachlab.jobs.context import Cancelled, LocalContext, Stage, StageContext, StageTable
 
-__all__ = ["Cancelled", "LocalContext", "StageContext"]
+__all__ = ["Cancelled", "LocalContext", "Stage", "StageContext", "StageTable"]

@@ -1,15 +1,21 @@
-"""What a running stage may ask of its job: report progress, log, check for cancellation.
+"""What a stage is to the job runner, and what a running stage may ask of its job: report
+progress, log, check for cancellation.
 
-Stages take a ``StageContext`` so they run the same under the worker, the CLI and tests.
+Stages take a ``StageContext`` so they run the same under the worker, the CLI and tests. The
+stages themselves are declared once, as ``Stage`` records, in ``teachlab.stages``; the runner
+is handed that table and never imports it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from teachlab.db import Run
 
 log = logging.getLogger("teachlab")
 
@@ -19,7 +25,6 @@ class Cancelled(Exception):
 
 
 class StageContext(Protocol):
-    db_path: Path | None
     run_id: int | None
     seed: int
 
@@ -30,11 +35,26 @@ class StageContext(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage as the runner, the signal gate, the pages and the CLI know it."""
+
+    name: str
+    run: Callable[[Any, Run], dict[str, Any]]  # (RunContext, its Run) -> the run's result
+    help: str  # one line: what the stage does
+    spends: bool = True  # spends compute on the student's preferences: a "stop" check holds it
+    in_round: bool = True  # one of a whole round's stages, run in table order
+    live: bool = False  # writes rows as it goes that a page follows live (drafts)
+    heavy: bool = False  # trains models for minutes: off in a public demo
+
+
+StageTable = Mapping[str, Stage]
+
+
 @dataclass
 class LocalContext:
     """A context for direct calls (tests, notebooks): logs to the logger, never cancelled."""
 
-    db_path: Path | None = None
     run_id: int | None = None
     seed: int = 0
     events: list[tuple[int, int, str]] = field(default_factory=list)

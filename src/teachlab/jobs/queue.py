@@ -54,13 +54,6 @@ def enqueue(run_id: int) -> None:
     _queue()[1](run_id)
 
 
-def submit(study_id: int, kind: str, **kw: object) -> Run:
-    """Record a run, then hand it to the queue (the record comes first: see module docs)."""
-    run = runs.create_run(study_id, kind, **kw)  # type: ignore[arg-type]
-    enqueue(run.id)  # type: ignore[arg-type]
-    return run
-
-
 def _child_command(run_id: int) -> list[str]:
     return [sys.executable, "-m", "teachlab", "run", "exec", str(run_id)]
 

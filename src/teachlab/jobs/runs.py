@@ -26,8 +26,6 @@ from teachlab.db.tables import utcnow
 from teachlab.errors import JobError, NotFoundError
 from teachlab.jobs.context import Cancelled
 
-STAGES = ("check", "draft", "score", "pairs", "align", "regenerate", "distill", "evaluate")
-KINDS = (*STAGES, "round")
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
 HEARTBEAT_S = 5.0
@@ -83,12 +81,10 @@ def create_run(
     seed: int = 0,
     parent_id: int | None = None,
     requested_by: str | None = None,
-    db_path: Path | None = None,
 ) -> Run:
-    """Insert a queued run (the caller enqueues it). Refuses a second active run of a kind."""
-    if kind not in KINDS:
-        raise JobError(f"Unknown stage {kind!r}; choose one of: {', '.join(KINDS)}.")
-    with write_session(db_path) as session:
+    """Insert a queued run (the caller checks ``kind`` against the stage table and enqueues
+    it). Refuses a second active top-level run of the study."""
+    with write_session() as session:
         if parent_id is None:
             clash = session.exec(
                 select(Run).where(
@@ -118,18 +114,18 @@ def create_run(
         return run
 
 
-def get_run(run_id: int, db_path: Path | None = None) -> Run:
-    with read_session(db_path) as session:
+def get_run(run_id: int) -> Run:
+    with read_session() as session:
         run = session.get(Run, run_id)
     if run is None:
         raise NotFoundError(f"Run #{run_id} does not exist; list runs with `teachlab run list`.")
     return run
 
 
-def claim(run_id: int, db_path: Path | None = None) -> Run | None:
+def claim(run_id: int) -> Run | None:
     """Mark a queued or interrupted run running for this process; None if someone else has it."""
     now = utcnow()
-    with write_session(db_path) as session:
+    with write_session() as session:
         result = session.execute(
             update(Run)
             .where(col(Run.id) == run_id, col(Run.status).in_(("queued", "interrupted")))
@@ -147,9 +143,9 @@ def claim(run_id: int, db_path: Path | None = None) -> Run | None:
         return session.get(Run, run_id)
 
 
-def heartbeat(run_id: int, db_path: Path | None = None) -> bool:
+def heartbeat(run_id: int) -> bool:
     """Refresh the lease; returns True when cancellation was requested."""
-    with write_session(db_path) as session:
+    with write_session() as session:
         session.execute(
             update(Run)
             .where(col(Run.id) == run_id, col(Run.status) == "running")
@@ -159,10 +155,8 @@ def heartbeat(run_id: int, db_path: Path | None = None) -> bool:
         return bool(run and run.cancel_requested)
 
 
-def set_progress(
-    run_id: int, done: int, total: int, message: str = "", db_path: Path | None = None
-) -> None:
-    with write_session(db_path) as session:
+def set_progress(run_id: int, done: int, total: int, message: str = "") -> None:
+    with write_session() as session:
         session.execute(
             update(Run)
             .where(col(Run.id) == run_id)
@@ -181,28 +175,27 @@ def finish(
     *,
     error: str | None = None,
     result: dict[str, Any] | None = None,
-    db_path: Path | None = None,
 ) -> None:
     if status not in (*FINAL, "interrupted"):
         raise ValueError(status)
-    with write_session(db_path) as session:
+    with write_session() as session:
         values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
         if result is not None:
             values["result"] = result
         session.execute(update(Run).where(col(Run.id) == run_id).values(**values))
 
 
-def update_provenance(run_id: int, extra: dict[str, Any], db_path: Path | None = None) -> None:
-    with write_session(db_path) as session:
+def update_provenance(run_id: int, extra: dict[str, Any]) -> None:
+    with write_session() as session:
         run = session.get(Run, run_id)
         if run is not None:
             run.provenance = {**run.provenance, **extra}
             session.add(run)
 
 
-def request_cancel(run_id: int, db_path: Path | None = None) -> Run:
+def request_cancel(run_id: int) -> Run:
     """Ask a run to stop. A queued run is cancelled at once; a running one at its next check."""
-    with write_session(db_path) as session:
+    with write_session() as session:
         run = session.get(Run, run_id)
         if run is None:
             raise NotFoundError(f"Run #{run_id} does not exist.")
@@ -220,9 +213,9 @@ def request_cancel(run_id: int, db_path: Path | None = None) -> Run:
         return run
 
 
-def prepare_resume(run_id: int, db_path: Path | None = None) -> Run:
+def prepare_resume(run_id: int) -> Run:
     """Put a failed, cancelled or interrupted run back in the queue (same row, same seed)."""
-    with write_session(db_path) as session:
+    with write_session() as session:
         run = session.get(Run, run_id)
         if run is None:
             raise NotFoundError(f"Run #{run_id} does not exist.")
@@ -238,11 +231,11 @@ def prepare_resume(run_id: int, db_path: Path | None = None) -> Run:
         return run
 
 
-def reap(db_path: Path | None = None, stale_after_s: float = STALE_AFTER_S) -> list[int]:
+def reap(stale_after_s: float = STALE_AFTER_S) -> list[int]:
     """Runs whose worker died (stale heartbeat) become interrupted; returns those to re-queue."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
     requeue: list[int] = []
-    with write_session(db_path) as session:
+    with write_session() as session:
         stale = session.exec(
             select(Run).where(Run.status == "running", col(Run.heartbeat_at) < cutoff)
         ).all()
@@ -262,10 +255,8 @@ def reap(db_path: Path | None = None, stale_after_s: float = STALE_AFTER_S) -> l
     return requeue
 
 
-def list_runs(
-    study_id: int | None = None, limit: int = 50, db_path: Path | None = None
-) -> list[Run]:
-    with read_session(db_path) as session:
+def list_runs(study_id: int | None = None, limit: int = 50) -> list[Run]:
+    with read_session() as session:
         query = select(Run).order_by(col(Run.id).desc()).limit(limit)
         if study_id is not None:
             query = query.where(Run.study_id == study_id)
@@ -275,8 +266,8 @@ def list_runs(
 class Heartbeat:
     """A background thread that keeps a run's lease alive and notices cancellation."""
 
-    def __init__(self, run_id: int, db_path: Path | None, interval: float = HEARTBEAT_S):
-        self.run_id, self.db_path, self.interval = run_id, db_path, interval
+    def __init__(self, run_id: int, interval: float = HEARTBEAT_S):
+        self.run_id, self.interval = run_id, interval
         self.cancelled = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"hb-{run_id}")
@@ -292,7 +283,7 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                if heartbeat(self.run_id, self.db_path):
+                if heartbeat(self.run_id):
                     self.cancelled.set()
             except Exception:  # a busy database must not kill the run; try next beat
                 continue

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from teachlab.db import ProbeResult, Round, Study, read_session
-from teachlab.errors import ConfigError, NotFoundError, TeachlabError
+from teachlab.db import Round, Study, queries, read_session
+from teachlab.errors import ConfigError, TeachlabError
+from teachlab.rounds import checked_task, load_round
 from teachlab.settings import get_settings
 
 ALL = "all"  # the filter value that means "no filter"
@@ -48,35 +48,27 @@ def given(value: str | None) -> bool:
 # ---------------------------------------------------------------- studies and rounds
 
 
-def round_options(study_id: int, db_path: Path | None = None) -> list[tuple[str, int]]:
+def round_options(study_id: int) -> list[tuple[str, int]]:
     """(label, round id) for a study's rounds, newest first."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         rows = session.exec(
             select(Round).where(Round.study_id == study_id).order_by(col(Round.index).desc())
         ).all()
     return [(f"Round {r.index} ({r.status})", r.id) for r in rows]  # type: ignore[misc]
 
 
-def study_of_round(round_id: int, db_path: Path | None = None) -> Study:
-    with read_session(db_path) as session:
-        rnd = session.get(Round, round_id)
-        study = session.get(Study, rnd.study_id) if rnd else None
-    if study is None:
-        raise NotFoundError(f"Round #{round_id} does not exist; pick a round from the list.")
-    return study
+def study_of_round(round_id: int) -> Study:
+    """The study a round belongs to (NotFoundError when the round is gone)."""
+    return load_round(round_id).study
 
 
 @lru_cache(maxsize=8)
 def _examples(task_ref: str, data_dir: str, fingerprint: str | None) -> tuple[Any, ...] | None:
-    from teachlab.tasks import resolve_task
-
     try:
-        task = resolve_task(task_ref)
+        # A task whose data changed since the study was made is refused: indices point elsewhere.
+        return checked_task(task_ref, fingerprint).examples
     except TeachlabError:
         return None
-    if fingerprint and task.fingerprint() != fingerprint:
-        return None  # the data changed since the study was made: indices point elsewhere
-    return task.examples
 
 
 def task_examples(study: Study) -> tuple[Any, ...] | None:
@@ -86,15 +78,8 @@ def task_examples(study: Study) -> tuple[Any, ...] | None:
 
 
 def scoring_mode(study: Study, session: Session, round_id: int) -> str | None:
-    wanted = (study.config or {}).get("scorer")
-    modes = set(
-        session.exec(
-            select(ProbeResult.mode).where(ProbeResult.round_id == round_id).distinct()
-        ).all()
-    )
-    if wanted in modes:
-        return wanted
-    return sorted(modes)[0] if modes else None
+    """The mode whose probe results a page shows: the study's own when stored, else any."""
+    return queries.scoring_mode(session, round_id, (study.config or {}).get("scorer"))
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:

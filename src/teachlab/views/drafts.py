@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from teachlab.db import Draft, ProbeResult, Round, Study, read_session
+from teachlab.db import Draft, Round, Study, queries, read_session
 from teachlab.errors import NotFoundError
 from teachlab.views.common import ALL, clip, given, scoring_mode, study_of_round, task_examples
 
@@ -36,16 +35,23 @@ def drafts_frame(
     round_id: int,
     filters: DraftFilter = DraftFilter(),
     limit: int = 500,
-    db_path: Path | None = None,
 ) -> pd.DataFrame:
     """The round's drafts, newest first, filtered; flags are matched in Python (a JSON list)."""
-    query = select(Draft).where(Draft.round_id == round_id).order_by(col(Draft.id).desc())
-    for name in ("status", "kind", "phase", "strategy"):
-        value = getattr(filters, name)
-        if given(value):
-            query = query.where(getattr(Draft, name) == value)
+
+    def wanted(value: str) -> str | None:
+        return value if given(value) else None
+
+    query = queries.drafts(
+        round_id,
+        kind=wanted(filters.kind),
+        phase=wanted(filters.phase),
+        status=wanted(filters.status),
+        order="newest",
+    )
+    if given(filters.strategy):
+        query = query.where(Draft.strategy == filters.strategy)
     rows = []
-    with read_session(db_path) as session:
+    with read_session() as session:
         for d in session.exec(query):
             if given(filters.flag) and filters.flag not in (d.flags or []):
                 continue
@@ -68,9 +74,9 @@ def drafts_frame(
     return pd.DataFrame(rows, columns=DRAFT_COLUMNS)
 
 
-def draft_filter_options(round_id: int, db_path: Path | None = None) -> dict[str, list[str]]:
+def draft_filter_options(round_id: int) -> dict[str, list[str]]:
     """The strategies and flags that occur in a round (for the filter dropdowns)."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         strategies = session.exec(
             select(Draft.strategy).where(Draft.round_id == round_id).distinct()
         ).all()
@@ -94,9 +100,9 @@ class ParseRate:
         return (self.total - self.rejected) / self.total if self.total else None
 
 
-def parse_rates(study_id: int, db_path: Path | None = None) -> list[ParseRate]:
+def parse_rates(study_id: int) -> list[ParseRate]:
     """Per round and kind: how many teacher outputs parsed (SPEC 3a: show it per round)."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         rows = session.exec(
             select(Round.index, Draft.kind, Draft.status, func.count())
             .join(Round, col(Round.id) == Draft.round_id)
@@ -112,9 +118,9 @@ def parse_rates(study_id: int, db_path: Path | None = None) -> list[ParseRate]:
     ]
 
 
-def drafts_signature(round_id: int, db_path: Path | None = None) -> tuple[Any, ...]:
+def drafts_signature(round_id: int) -> tuple[Any, ...]:
     """A cheap fingerprint of a round's drafts: the page redraws only when it changes."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         n, last = session.exec(
             select(func.count(), func.max(Draft.id)).where(Draft.round_id == round_id)
         ).one()
@@ -149,10 +155,10 @@ class DraftDetail:
     notes: list[str] = field(default_factory=list)
 
 
-def draft_detail(draft_id: int, db_path: Path | None = None) -> DraftDetail:
+def draft_detail(draft_id: int) -> DraftDetail:
     """A draft with its parent question or child rationales, and the student's per-probe
     answers beside the gold answers and the zero-shot baseline's answers."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         draft = session.get(Draft, draft_id)
         if draft is None:
             raise NotFoundError(f"Draft #{draft_id} does not exist; pick one from the table.")
@@ -167,19 +173,11 @@ def draft_detail(draft_id: int, db_path: Path | None = None) -> DraftDetail:
             ).all()
         )
         mode = scoring_mode(study, session, draft.round_id)
-        results = session.exec(
-            select(ProbeResult)
-            .where(ProbeResult.draft_id == draft_id, ProbeResult.mode == mode)
-            .order_by(col(ProbeResult.probe_index))
-        ).all()
+        results = session.exec(queries.probe_results(draft_ids=[draft_id], mode=mode)).all()
         base = {
             r.probe_index: r
             for r in session.exec(
-                select(ProbeResult).where(
-                    ProbeResult.round_id == draft.round_id,
-                    col(ProbeResult.draft_id).is_(None),
-                    ProbeResult.mode == mode,
-                )
+                queries.probe_results(round_id=draft.round_id, mode=mode, baseline=True)
             )
         }
     examples = task_examples(study)
@@ -253,18 +251,14 @@ class Baseline:
     margin: float | None
 
 
-def baseline(round_id: int, db_path: Path | None = None) -> Baseline | None:
+def baseline(round_id: int) -> Baseline | None:
     """The student's zero-shot (no demonstration) result on the probes: ProbeResult rows
     without a draft, in the study's scoring mode."""
-    study = study_of_round(round_id, db_path)
-    with read_session(db_path) as session:
+    study = study_of_round(round_id)
+    with read_session() as session:
         mode = scoring_mode(study, session, round_id)
         rows = session.exec(
-            select(ProbeResult).where(
-                ProbeResult.round_id == round_id,
-                col(ProbeResult.draft_id).is_(None),
-                ProbeResult.mode == mode,
-            )
+            queries.probe_results(round_id=round_id, mode=mode, baseline=True)
         ).all()
     if not rows or mode is None:
         return None
@@ -277,22 +271,13 @@ def baseline(round_id: int, db_path: Path | None = None) -> Baseline | None:
     )
 
 
-def scores_frame(round_id: int, db_path: Path | None = None) -> pd.DataFrame:
+def scores_frame(round_id: int) -> pd.DataFrame:
     """Scored drafts (phase draft), best first."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         drafts = session.exec(
-            select(Draft)
-            .where(
-                Draft.round_id == round_id, Draft.phase == "draft", col(Draft.score).is_not(None)
-            )
-            .order_by(col(Draft.score).desc(), col(Draft.id))
+            queries.drafts(round_id, phase="draft", scored=True, order="best")
         ).all()
-        parents = {
-            d.id: d
-            for d in session.exec(
-                select(Draft).where(Draft.round_id == round_id, Draft.kind == "question")
-            )
-        }
+        parents = queries.questions(session, round_id)
     rows = []
     for d in drafts:
         q = d if d.kind == "question" else parents.get(d.parent_id)
@@ -309,9 +294,9 @@ def scores_frame(round_id: int, db_path: Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
-def score_values(round_id: int, db_path: Path | None = None) -> dict[str, list[float]]:
+def score_values(round_id: int) -> dict[str, list[float]]:
     """Scores by kind ({'question': [...], 'rationale': [...]}) for the histograms."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         rows = session.exec(
             select(Draft.kind, Draft.score).where(
                 Draft.round_id == round_id, Draft.phase == "draft", col(Draft.score).is_not(None)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func
@@ -30,9 +29,9 @@ def _study_rounds(session: Session, study_id: int) -> dict[int, int]:
     return {r.id: r.index for r in session.exec(select(Round).where(Round.study_id == study_id))}  # type: ignore[misc]
 
 
-def evaluation_rows(study_id: int, db_path: Path | None = None) -> list[dict[str, Any]]:
+def evaluation_rows(study_id: int) -> list[dict[str, Any]]:
     """Student accuracy per round: {round, model, shots, accuracy, ci_low, ci_high, n}."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         rounds = _study_rounds(session, study_id)
         evals = session.exec(
             select(Evaluation)
@@ -53,9 +52,9 @@ def evaluation_rows(study_id: int, db_path: Path | None = None) -> list[dict[str
     ]
 
 
-def dpo_margin_rows(study_id: int, db_path: Path | None = None) -> list[dict[str, Any]]:
+def dpo_margin_rows(study_id: int) -> list[dict[str, Any]]:
     """Teacher DPO reward margins per align run: {run, round, step, value}."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         rounds = _study_rounds(session, study_id)
         rows = session.exec(
             select(Metric, Run.round_id)
@@ -74,9 +73,9 @@ def dpo_margin_rows(study_id: int, db_path: Path | None = None) -> list[dict[str
     ]
 
 
-def score_rows(study_id: int, db_path: Path | None = None) -> list[dict[str, Any]]:
+def score_rows(study_id: int) -> list[dict[str, Any]]:
     """Every scored draft of the study: {round, kind, score}."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         rows = session.exec(
             select(Round.index, Draft.kind, Draft.score)
             .join(Round, col(Round.id) == Draft.round_id)
@@ -87,9 +86,9 @@ def score_rows(study_id: int, db_path: Path | None = None) -> list[dict[str, Any
     return [{"round": i, "kind": k, "score": float(s)} for i, k, s in rows if s is not None]
 
 
-def pair_count_rows(study_id: int, db_path: Path | None = None) -> list[dict[str, Any]]:
+def pair_count_rows(study_id: int) -> list[dict[str, Any]]:
     """Pairs per round by source (auto | human) and status: {round, source, status, count}."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         rows = session.exec(
             select(Round.index, Pair.source, Pair.status, func.count())
             .join(Round, col(Round.id) == Pair.round_id)
@@ -99,9 +98,9 @@ def pair_count_rows(study_id: int, db_path: Path | None = None) -> list[dict[str
     return [{"round": i, "source": src, "status": st, "count": n} for i, src, st, n in rows]
 
 
-def stage_time_rows(study_id: int, db_path: Path | None = None) -> list[dict[str, Any]]:
+def stage_time_rows(study_id: int) -> list[dict[str, Any]]:
     """Wall time of each finished stage run (the last attempt): {run, round, kind, seconds}."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         rows = session.exec(
             select(Run, Round.index)
             .join(Round, col(Round.id) == Run.round_id, isouter=True)
@@ -125,9 +124,9 @@ def stage_time_rows(study_id: int, db_path: Path | None = None) -> list[dict[str
     ]
 
 
-def signal_checks(study_id: int, db_path: Path | None = None) -> list[dict[str, Any]]:
+def signal_checks(study_id: int) -> list[dict[str, Any]]:
     """The newest signal check of each round: {round, level, reasons}."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         rounds = _study_rounds(session, study_id)
         rows = session.exec(
             select(SignalCheck)
@@ -175,7 +174,7 @@ class TrainingSet:
     sides: list[dict[str, Any]]  # {round, pair, level, side, label, words}
 
 
-def training_set(study_id: int, db_path: Path | None = None) -> TrainingSet:
+def training_set(study_id: int) -> TrainingSet:
     """Both sides of every pair the align stage trains on, in every round of the study.
 
     The same pairs as ``review.training_pairs``: approved, swapped and edited ones, plus the
@@ -184,7 +183,7 @@ def training_set(study_id: int, db_path: Path | None = None) -> TrainingSet:
     again, since that text is what DPO sees. ``words`` is the rationale's length in words
     (None on question pairs).
     """
-    with read_session(db_path) as session:
+    with read_session() as session:
         study = session.get(Study, study_id)
         if study is None:
             raise NotFoundError(f"Study #{study_id} does not exist; pick one on the Studies page.")
@@ -243,7 +242,7 @@ def training_set(study_id: int, db_path: Path | None = None) -> TrainingSet:
     return TrainingSet(cfg.use_unreviewed, cfg.label_balanced, sides)
 
 
-def draft_mix_rows(study_id: int, db_path: Path | None = None) -> list[dict[str, Any]]:
+def draft_mix_rows(study_id: int) -> list[dict[str, Any]]:
     """Every parsed draft before and after alignment: {round, phase, kind, teacher, label, words}.
 
     ``phase`` "draft" is written by the teacher the round starts from (the original one in
@@ -252,7 +251,7 @@ def draft_mix_rows(study_id: int, db_path: Path | None = None) -> list[dict[str,
     question's target or a rationale's answer; ``words`` a rationale's length in words.
     """
     # Columns, not whole drafts (see training_set); sqlmodel's typed select stops at four.
-    with read_session(db_path) as session:
+    with read_session() as session:
         rows = session.execute(
             sa_select(
                 col(Round.index),

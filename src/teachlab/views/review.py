@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 from sqlmodel import Session, col, select
 
-from teachlab.db import Draft, Pair, ProbeResult, read_session
+from teachlab.db import Draft, Pair, queries, read_session
 from teachlab.errors import NotFoundError
 from teachlab.views.common import clip
 
@@ -71,11 +70,7 @@ def _student_view(session: Session, draft_id: int | None) -> StudentView | None:
     draft = session.get(Draft, draft_id)
     if draft is None:
         return None
-    results = session.exec(
-        select(ProbeResult)
-        .where(ProbeResult.draft_id == draft_id)
-        .order_by(col(ProbeResult.mode), col(ProbeResult.probe_index))
-    ).all()
+    results = session.exec(queries.probe_results(draft_ids=[draft_id])).all()
     if results:  # one mode only (the first stored), so marks line up with the probe order
         results = [r for r in results if r.mode == results[0].mode]
     kids = session.exec(
@@ -91,16 +86,15 @@ def _student_view(session: Session, draft_id: int | None) -> StudentView | None:
     )
 
 
-def pair_detail(pair_id: int, db_path: Path | None = None) -> PairDetail:
-    with read_session(db_path) as session:
+def pair_detail(pair_id: int) -> PairDetail:
+    with read_session() as session:
         pair = session.get(Pair, pair_id)
         if pair is None:
             raise NotFoundError(f"Pair {pair_id} does not exist; reload the review queue.")
         chosen = _student_view(session, pair.chosen_draft_id)
         rejected = _student_view(session, pair.rejected_draft_id)
-        base = session.exec(
-            select(ProbeResult.correct).where(
-                ProbeResult.round_id == pair.round_id, col(ProbeResult.draft_id).is_(None)
-            )
-        ).all()
+        base = [
+            r.correct
+            for r in session.exec(queries.probe_results(round_id=pair.round_id, baseline=True))
+        ]
     return PairDetail(pair, chosen, rejected, sum(base) / len(base) if base else None)

@@ -38,9 +38,9 @@ def eta_seconds(done: int, total: int, elapsed_s: float | None) -> float | None:
     return elapsed_s * (total - done) / done
 
 
-def latest_run(study_id: int, db_path: Path | None = None) -> Run | None:
+def latest_run(study_id: int) -> Run | None:
     """The study's newest active top-level run, else its newest run (what the page shows)."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         base = select(Run).where(Run.study_id == study_id, col(Run.parent_id).is_(None))
         run = session.exec(
             base.where(col(Run.status).in_(ACTIVE_RUN)).order_by(col(Run.id).desc())
@@ -48,8 +48,8 @@ def latest_run(study_id: int, db_path: Path | None = None) -> Run | None:
         return run or session.exec(base.order_by(col(Run.id).desc())).first()
 
 
-def run_status(run_id: int, now: datetime | None = None, db_path: Path | None = None) -> RunStatus:
-    with read_session(db_path) as session:
+def run_status(run_id: int, now: datetime | None = None) -> RunStatus:
+    with read_session() as session:
         run = session.get(Run, run_id)
         if run is None:
             raise NotFoundError(f"Run #{run_id} does not exist; pick a run from the list.")
@@ -67,18 +67,16 @@ def run_status(run_id: int, now: datetime | None = None, db_path: Path | None = 
     return RunStatus(run, fraction, elapsed, eta, child)
 
 
-def run_tree_ids(run_id: int, db_path: Path | None = None) -> list[int]:
-    with read_session(db_path) as session:
+def run_tree_ids(run_id: int) -> list[int]:
+    with read_session() as session:
         kids = session.exec(select(Run.id).where(Run.parent_id == run_id)).all()
     return [run_id, *(k for k in kids if k is not None)]
 
 
-def metrics_rows(
-    run_id: int, names: tuple[str, ...] = CURVE_METRICS, db_path: Path | None = None
-) -> list[dict[str, Any]]:
+def metrics_rows(run_id: int, names: tuple[str, ...] = CURVE_METRICS) -> list[dict[str, Any]]:
     """Metric rows of a run and its child stages: {run, kind, step, name, value}."""
-    ids = run_tree_ids(run_id, db_path)
-    with read_session(db_path) as session:
+    ids = run_tree_ids(run_id)
+    with read_session() as session:
         rows = session.exec(
             select(Metric, Run.kind)
             .join(Run, col(Run.id) == Metric.run_id)
@@ -91,10 +89,10 @@ def metrics_rows(
     ]
 
 
-def metrics_count(run_id: int, db_path: Path | None = None) -> int:
+def metrics_count(run_id: int) -> int:
     """How many metric rows a run and its child stages have written (a cheap change check)."""
-    ids = run_tree_ids(run_id, db_path)
-    with read_session(db_path) as session:
+    ids = run_tree_ids(run_id)
+    with read_session() as session:
         return int(
             session.exec(
                 select(func.count()).select_from(Metric).where(col(Metric.run_id).in_(ids))
@@ -125,8 +123,8 @@ def log_tail(run: Run, lines: int = 40, max_bytes: int = 64_000) -> str:
     return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])
 
 
-def runs_frame(study_id: int, limit: int = 30, db_path: Path | None = None) -> pd.DataFrame:
-    with read_session(db_path) as session:
+def runs_frame(study_id: int, limit: int = 30) -> pd.DataFrame:
+    with read_session() as session:
         rows = session.exec(
             select(Run, Round.index)
             .join(Round, col(Round.id) == Run.round_id, isouter=True)
@@ -152,10 +150,8 @@ def runs_frame(study_id: int, limit: int = 30, db_path: Path | None = None) -> p
     )
 
 
-def run_options(
-    study_id: int, limit: int = 30, db_path: Path | None = None
-) -> list[tuple[str, int]]:
-    with read_session(db_path) as session:
+def run_options(study_id: int, limit: int = 30) -> list[tuple[str, int]]:
+    with read_session() as session:
         rows = session.exec(
             select(Run)
             .where(Run.study_id == study_id, col(Run.parent_id).is_(None))

@@ -6,7 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import teachlab.db.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
-from teachlab.db.engine import engine_for
+from teachlab.db.store import Store
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -18,7 +18,7 @@ def run_migrations() -> None:
         from pathlib import Path
 
         url = config.get_main_option("sqlalchemy.url") or ""
-        engine = engine_for(Path(url.removeprefix("sqlite:///")))
+        engine = Store(Path(url.removeprefix("sqlite:///"))).engine()
         with engine.begin() as connection:
             _run(connection)
     else:

@@ -9,13 +9,13 @@ export sees the same probe set.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from teachlab.db import Study, write_session
 from teachlab.errors import DataError
+from teachlab.rounds import LoadedRound, probes_for
 
 if TYPE_CHECKING:
     from teachlab.jobs.context import StageContext
@@ -60,7 +60,6 @@ def select_probes_irt(ctx: StageContext, study: Study, task: Task, n_probe: int)
     """Fit 2PL to the available models' 0..3-shot answers; store and return the probe set."""
     from teachlab import models
     from teachlab.irt import fit_2pl, select_items
-    from teachlab.pipeline import probes_for
     from teachlab.score import Scorer
 
     pool = candidate_pool(task, study.splits, n_probe, study.seed)
@@ -86,15 +85,12 @@ def select_probes_irt(ctx: StageContext, study: Study, task: Task, n_probe: int)
             "a": [round(float(x), 4) for x in fit.a],
             "b": [round(float(x), 4) for x in fit.b],
         },
-        ctx.db_path,
     )
     return chosen
 
 
-def save_probes(
-    study_id: int, probe: list[int], info: dict[str, Any], db_path: Path | None = None
-) -> None:
-    with write_session(db_path) as session:
+def save_probes(study_id: int, probe: list[int], info: dict[str, Any]) -> None:
+    with write_session() as session:
         study = session.get(Study, study_id)
         if study is None:
             raise DataError(f"Study #{study_id} vanished while its probes were chosen.")
@@ -106,13 +102,14 @@ def save_probes(
         session.add(study)
 
 
-def ensure_probes(
-    ctx: StageContext, study: Study, task: Task, selection: str, n_probe: int
-) -> Study:
-    """Choose the probe set by IRT once, if the study asks for it; returns the current study."""
-    if selection != "irt" or study.splits.get("probe_selection", {}).get("method") == "irt":
-        return study
-    select_probes_irt(ctx, study, task, n_probe)
-    from teachlab.studies import get_study
-
-    return get_study(study.id, ctx.db_path)  # type: ignore[arg-type]
+def ensure_probes(ctx: StageContext, loaded: LoadedRound) -> LoadedRound:
+    """Choose the probe set by IRT once, if the study asks for it; returns the round with its
+    study as it is now (its probe split may have just changed)."""
+    cfg, study = loaded.config, loaded.study
+    if (
+        cfg.probe_selection != "irt"
+        or study.splits.get("probe_selection", {}).get("method") == "irt"
+    ):
+        return loaded
+    select_probes_irt(ctx, study, loaded.task, cfg.n_probe)
+    return loaded.reload_study()

@@ -13,16 +13,14 @@ import math
 import random
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlmodel import col, select
-
-from teachlab.db import Draft, ProbeResult, Run, SignalCheck, read_session, write_session
-from teachlab.errors import NotFoundError
+from teachlab.db import ProbeResult, Run, SignalCheck, queries, read_session, write_session
+from teachlab.jobs.context import StageContext
+from teachlab.rounds import load_round
+from teachlab.stages.probes import ensure_probes
 
 if TYPE_CHECKING:
-    from teachlab.jobs.executor import RunContext
     from teachlab.score import Scorer
     from teachlab.signalcheck import Metric, SignalCheckResult
     from teachlab.tasks import Task
@@ -171,25 +169,23 @@ def stored_result(
     return data
 
 
-def stage_check(ctx: RunContext, run: Run) -> dict[str, Any]:
+def stage_check(ctx: StageContext, run: Run) -> dict[str, Any]:
     from teachlab import models
-    from teachlab.pipeline import load_round, probes_for, study_task
-    from teachlab.probes import ensure_probes
     from teachlab.score import Scorer
 
-    study, rnd, cfg = load_round(run, ctx.db_path)
-    task = study_task(study)
-    study = ensure_probes(ctx, study, task, cfg.probe_selection, cfg.n_probe)
-    probes = probes_for(task, list(study.splits["probe"]))
+    loaded = ensure_probes(ctx, load_round(run.round_id))
+    rnd, cfg, task = loaded.round, loaded.config, loaded.task
     student = models.load(rnd.student, rnd.student_adapter)
-    scorer = Scorer(student.model, student.tokenizer, task.description, probes, mode="loglik")
+    scorer = Scorer(
+        student.model, student.tokenizer, task.description, loaded.probes("probe"), mode="loglik"
+    )
     measurement = measure(
         scorer,
         task,
-        study.splits,
-        study.seed,
+        loaded.study.splits,
+        loaded.study.seed,
         shots=cfg.eval_shots,
-        drafts=_scored_drafts(rnd.id, cfg.scorer, ctx.db_path),  # type: ignore[arg-type]
+        drafts=_scored_drafts(loaded.id, cfg.scorer),
         progress=ctx.progress,
         check_cancelled=ctx.check_cancelled,
     )
@@ -199,17 +195,17 @@ def stage_check(ctx: RunContext, run: Run) -> dict[str, Any]:
             measurement,
             task.chance_rate,
             metric=m,
-            seed=study.seed,
+            seed=loaded.study.seed,
             label_balanced=cfg.label_balanced,
         )
         for m in METRICS
     }
     verdict = results[metric].verdict
     assert verdict is not None  # signal_check always sets it
-    with write_session(ctx.db_path) as session:
+    with write_session() as session:
         session.add(
             SignalCheck(
-                round_id=rnd.id,  # type: ignore[arg-type]
+                round_id=loaded.id,
                 run_id=run.id,
                 level=verdict.level,
                 reasons=list(verdict.reasons),
@@ -231,45 +227,16 @@ def stage_check(ctx: RunContext, run: Run) -> dict[str, Any]:
 
 
 def _scored_drafts(
-    round_id: int, mode: str, db_path: Path | None
+    round_id: int, mode: str
 ) -> tuple[dict[Hashable, list[ProbeResult]], dict[Hashable, str | None]]:
     """The round's scored rationale drafts: their probe results and their answer labels."""
-    with read_session(db_path) as session:
+    with read_session() as session:
         rows = session.exec(
-            select(ProbeResult).where(
-                ProbeResult.round_id == round_id,
-                ProbeResult.mode == mode,
-                col(ProbeResult.draft_id).is_not(None),
-            )
+            queries.probe_results(round_id=round_id, mode=mode, baseline=False)
         ).all()
-        drafts = {
-            d.id: d
-            for d in session.exec(
-                select(Draft).where(Draft.round_id == round_id, Draft.kind == "rationale")
-            )
-        }
+        drafts = {d.id: d for d in session.exec(queries.drafts(round_id, kind="rationale"))}
     per_draft: dict[Hashable, list[ProbeResult]] = {}
     for r in rows:
         per_draft.setdefault(r.draft_id, []).append(r)
     labels = {k: (drafts[k].answer if k in drafts else None) for k in per_draft}
     return per_draft, labels
-
-
-def latest_check(round_id: int, db_path: Path | None = None) -> SignalCheck | None:
-    with read_session(db_path) as session:
-        return session.exec(
-            select(SignalCheck)
-            .where(SignalCheck.round_id == round_id)
-            .order_by(col(SignalCheck.id).desc())
-        ).first()
-
-
-def override(check_id: int, researcher: str, db_path: Path | None = None) -> SignalCheck:
-    """Record that a researcher chose to go on despite the verdict."""
-    with write_session(db_path) as session:
-        row = session.get(SignalCheck, check_id)
-        if row is None:
-            raise NotFoundError(f"Signal check #{check_id} does not exist.")
-        row.overridden_by = researcher
-        session.add(row)
-        return row

@@ -7,16 +7,14 @@ the researcher overrides it (recorded with their name) or a new check says other
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from teachlab.check import latest_check, override
-from teachlab.db import Round, read_session
-from teachlab.errors import ConflictError, NotFoundError
+from sqlmodel import col, select
 
-# The stages whose work is wasted when draft scores carry no signal. "check" and "evaluate"
-# measure rather than spend, so they always run.
-SPENDS = frozenset({"draft", "score", "pairs", "align", "regenerate", "distill", "round"})
+from teachlab.db import Round, SignalCheck, read_session, write_session
+from teachlab.errors import ConflictError, NotFoundError
+from teachlab.jobs.context import Stage
+
 ICON = {"ok": "✅", "warn": "⚠️", "stop": "⛔"}
 
 
@@ -81,13 +79,34 @@ class Gate:
         return "\n\n".join(p for p in parts if p)
 
 
-def gate_for(round_id: int, db_path: Path | None = None) -> Gate:
-    with read_session(db_path) as session:
+def latest_check(round_id: int) -> SignalCheck | None:
+    """The round's newest signal check (None before any)."""
+    with read_session() as session:
+        return session.exec(
+            select(SignalCheck)
+            .where(SignalCheck.round_id == round_id)
+            .order_by(col(SignalCheck.id).desc())
+        ).first()
+
+
+def override(check_id: int, researcher: str) -> SignalCheck:
+    """Record that a researcher chose to go on despite the verdict."""
+    with write_session() as session:
+        row = session.get(SignalCheck, check_id)
+        if row is None:
+            raise NotFoundError(f"Signal check #{check_id} does not exist.")
+        row.overridden_by = researcher
+        session.add(row)
+        return row
+
+
+def gate_for(round_id: int) -> Gate:
+    with read_session() as session:
         rnd = session.get(Round, round_id)
         if rnd is None:
             raise NotFoundError(f"Round #{round_id} does not exist.")
         round_index = rnd.index
-    row = latest_check(round_id, db_path)
+    row = latest_check(round_id)
     if row is None:
         return Gate(round_index)
     return Gate(
@@ -100,24 +119,19 @@ def gate_for(round_id: int, db_path: Path | None = None) -> Gate:
     )
 
 
-def ensure_may_launch(
-    round_id: int,
-    kind: str,
-    *,
-    override_by: str | None = None,
-    db_path: Path | None = None,
-) -> Gate:
-    """Refuse a compute stage while the round's check says stop, unless the researcher overrides.
+def ensure_may_launch(round_id: int, stage: Stage, *, override_by: str | None = None) -> Gate:
+    """Refuse a stage that spends compute while the round's check says stop, unless the
+    researcher overrides. Stages that measure rather than spend (check, evaluate) always run.
 
     An override is recorded on the check (who went ahead) before the run is queued.
     """
-    gate = gate_for(round_id, db_path)
-    if kind not in SPENDS or not gate.blocks:
+    gate = gate_for(round_id)
+    if not stage.spends or not gate.blocks:
         return gate
     if override_by:
         assert gate.check_id is not None  # blocks implies a stored check
-        override(gate.check_id, override_by, db_path)
-        return gate_for(round_id, db_path)
+        override(gate.check_id, override_by)
+        return gate_for(round_id)
     reasons = "; ".join(gate.reasons) or "no reason recorded"
     raise ConflictError(
         f"The signal check of round {gate.round_index} says stop ({reasons}). Fix what it names and "

@@ -1,6 +1,6 @@
 """`teachlab export …`: export a study's pairs, tailored set or drafts, push them, import them.
 
-Mounted on the main app as ``export``; errors are TeachlabErrors, printed by ``cli.main``.
+Errors are TeachlabErrors, printed on one line by ``teachlab.cli.main``.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from typing import Annotated
 
 import typer
 
-export_app = typer.Typer(
+app = typer.Typer(
     help="Export DPO pairs, SFT data or drafts (JSONL, Parquet, datasets); push; import.",
     no_args_is_help=True,
 )
 
 
-@export_app.command("create")
+@app.command("create")
 def export_create(
     study: Annotated[str, typer.Option(help="Study id or name.")],
     kind: Annotated[str, typer.Option(help="dpo, sft or drafts.")] = "dpo",
@@ -65,7 +65,7 @@ def export_create(
         typer.echo(f"  {path} ({size} bytes)")
 
 
-@export_app.command("list")
+@app.command("list")
 def export_list() -> None:
     """List the exports, newest first.
 
@@ -77,7 +77,7 @@ def export_list() -> None:
     typer.echo("\n".join(names) if names else "(none)")
 
 
-@export_app.command("push")
+@app.command("push")
 def export_push(
     name: Annotated[str, typer.Argument(help="Export name (see `teachlab export list`).")],
     repo_id: Annotated[str, typer.Argument(help="Hub dataset repository, owner/name.")],
@@ -93,7 +93,7 @@ def export_push(
     typer.echo(plan_summary(push_to_hub(name, repo_id, private=private, dry_run=dry_run)))
 
 
-@export_app.command("import")
+@app.command("import")
 def export_import(
     study: Annotated[str, typer.Option(help="Study id or name to import into.")],
     path: Annotated[str, typer.Argument(help="JSONL/Parquet file, datasets or export folder.")],

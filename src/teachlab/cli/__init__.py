@@ -1,0 +1,54 @@
+"""The `teachlab` command line: serve the app, fetch models and data, manage studies and runs.
+
+One module per sub-command; errors from TeachLab print one clear line and exit 1, usage
+errors exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from teachlab.cli import data, export, models, runs, serve, study
+from teachlab.errors import TeachlabError
+
+app = typer.Typer(
+    help="TeachLab: teacher drafts, student scores, you review, DPO aligns, SFT distils.\n\n"
+    "Start with `teachlab data fetch`, `teachlab models fetch`, then `teachlab serve` "
+    "or `teachlab demo`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _prepare() -> None:
+    """Every command sees an up-to-date study database (migrated in place when older)."""
+    from teachlab.db import init_db
+
+    init_db()
+
+
+app.add_typer(models.app, name="models")
+app.add_typer(data.app, name="data")
+app.add_typer(study.app, name="study")
+app.add_typer(runs.round_app, name="round")
+app.add_typer(runs.run_app, name="run")
+app.add_typer(export.app, name="export", help="Export curated data; import it back.")
+app.command()(serve.serve)
+app.command()(serve.worker)
+app.command()(runs.check)
+app.command()(runs.demo)
+
+
+def main() -> None:
+    try:
+        app()
+    except TeachlabError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
