@@ -25,9 +25,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for extra in (ROOT, ROOT / "src", ROOT / "tests"):  # pages/, teachlab, the shared seeding
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
 
 TARGET_P95_MS = 300.0
 JOB_THREADS = 2  # a CPU training run takes every core this machine has
@@ -202,11 +199,11 @@ def main() -> None:
     )
     os.environ.pop("TEACHLAB_AUTH", None)
     from gradio_client import Client
-    from seeding import running_run, seed_study
     from sqlmodel import func, select
 
     from teachlab.db import Draft, Pair, init_db, read_session
     from teachlab.jobs import runs
+    from tests.seeding import running_run, seed_study
 
     init_db()
     start = time.perf_counter()

@@ -32,12 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-ROOT = Path(__file__).resolve().parents[1]
-for extra in (ROOT, ROOT / "src"):  # experiments.toy_report; teachlab without an install
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+from experiments.toy_report import COMPARE_ROUND, DraftRecord, report
 
-from experiments.toy_report import COMPARE_ROUND, DraftRecord, report  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 if TYPE_CHECKING:
     from teachlab.db import Round, Run, Study

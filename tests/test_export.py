@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import zipfile
 from functools import cache
 from pathlib import Path
@@ -39,10 +38,6 @@ from teachlab.prompts import (
     question_text,
     render_chat,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TEACHER = "bundled:smollm2-135m-instruct"
 ADAPTER = "ab" * 32

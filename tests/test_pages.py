@@ -8,7 +8,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,6 @@ from teachlab.db import (
     write_session,
 )
 from teachlab.settings import get_settings
-
-# The pages package sits beside src/ (app.py puts it on the path the same way).
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:
