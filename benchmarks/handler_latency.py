@@ -57,6 +57,7 @@ def job(run_id: int, nice: int) -> None:
     torch.set_num_threads(JOB_THREADS)
     a, b = torch.randn(768, 768), torch.randn(768, 768)
     step, last = 0, time.monotonic()
+    held = runs.Lease(run_id, runs.get_run(run_id).lease)  # as the executor holds it
     while True:
         for _ in range(4):
             a = torch.tanh(a @ b)
@@ -67,7 +68,7 @@ def job(run_id: int, nice: int) -> None:
             with write_session() as s:
                 s.add(Metric(run_id=run_id, step=step, name="loss", value=loss))
                 s.add(Metric(run_id=run_id, step=step, name="rewards/margins", value=step / 200))
-            runs.set_progress(run_id, step, 10_000, f"step {step}")
+            runs.set_progress(held, step, 10_000, f"step {step}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -239,7 +240,7 @@ def main() -> None:
         for condition, nice in conditions:
             if job_run is not None:  # one job at a time, as the worker runs them
                 _stop(job_run[1])
-                runs.finish(job_run[0], "succeeded")
+                runs.finish(runs.Lease(job_run[0], runs.get_run(job_run[0]).lease), "succeeded")
             if nice is not None:
                 run_id = running_run(seeded.study, seeded.current, "align", total=10_000)
                 cmd = [*me, "--job", str(run_id), "--nice", str(nice)]

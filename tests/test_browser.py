@@ -180,7 +180,8 @@ def test_runs_page_follows_progress_without_a_reload(
     page: Page, serve: Callable[..., str], seeded: Seeded
 ) -> None:
     run_id = running_run(seeded.study, seeded.current, "align", total=40)
-    runs.set_progress(run_id, 3, 40, "DPO step 3/40")
+    held = runs.Lease(run_id, runs.get_run(run_id).lease)  # as the executor holds it
+    runs.set_progress(held, 3, 40, "DPO step 3/40")
     url = serve()
     open_study(page, url, seeded, settle=False)  # the Runs page reads the study itself
     tab(page, "Runs")
@@ -189,13 +190,13 @@ def test_runs_page_follows_progress_without_a_reload(
     expect(bar).to_contain_text("3/40")
     page.evaluate("window.__sameDocument = true")
 
-    runs.set_progress(run_id, 17, 40, "DPO step 17/40")  # what the training process writes
+    runs.set_progress(held, 17, 40, "DPO step 17/40")  # what the training process writes
     expect(bar).to_contain_text("17/40 · 42%")
     expect(bar).to_contain_text("DPO step 17/40")
     expect(bar.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "42")
     with write_session() as s:
         s.add_all(Metric(run_id=run_id, step=i, name="loss", value=0.7 - i / 100) for i in (1, 2))
-    runs.finish(run_id, "succeeded")
+    runs.finish(held, "succeeded")
     expect(bar).to_contain_text(f"Run #{run_id} · align · succeeded")
     assert page.evaluate("window.__sameDocument") is True
 
@@ -304,7 +305,7 @@ def _mid_training(seeded: Seeded) -> int:
         run.provenance = {"log": str(log)}  # type: ignore[union-attr]
         s.add(run)
     log.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    runs.set_progress(run_id, 24, 40, "DPO step 24/40")
+    runs.set_progress(runs.Lease(run_id, runs.get_run(run_id).lease), 24, 40, "DPO step 24/40")
     return run_id
 
 

@@ -37,3 +37,101 @@ class PermissionDenied(TeachlabError):
 
 class JobError(TeachlabError):
     """A job cannot be started, resumed or cancelled."""
+
+
+class StorageError(TeachlabError):
+    """The storage folder or the study database cannot be used as it is."""
+
+
+class ResourceError(TeachlabError):
+    """The machine ran out of something (memory, disk space)."""
+
+
+def _storage() -> str:
+    """The storage folder, for messages (never raises: settings may be what is broken)."""
+    import os
+
+    return os.environ.get("TEACHLAB_STORAGE") or "./storage"
+
+
+def explain(exc: BaseException) -> TeachlabError | None:
+    """The expected failure ``exc`` stands for, as one TeachlabError saying what happened and
+    what to do; None when it is not one we know (a bug: report it with its trace).
+
+    Used at every boundary (the CLI, the web app, the worker), so storage faults, a corrupt or
+    locked database, bad settings, malformed input and exhausted resources read the same
+    everywhere and never show a traceback to the user.
+    """
+    import errno
+    import sqlite3
+
+    if isinstance(exc, TeachlabError):
+        return exc
+    cause = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
+    inner = cause if isinstance(cause, BaseException) else exc
+    text = str(inner).lower()
+    where = _storage()
+    if isinstance(inner, sqlite3.Error):
+        if "locked" in text or "busy" in text:
+            return StorageError(
+                "The study database stayed locked by another process past the 15 s wait; "
+                "try again in a moment, or stop the process that holds it (a stuck `teachlab` "
+                "command or a tool with the database open)."
+            )
+        if "readonly" in text or "read-only" in text:
+            return StorageError(
+                f"The study database in {where} is read-only; make the folder and its "
+                "teachlab.db writable, or set TEACHLAB_STORAGE to a writable folder."
+            )
+        if "unable to open" in text:
+            return StorageError(
+                f"Cannot open or create the study database in {where}: the folder is missing, "
+                "not a folder, or not writable; set TEACHLAB_STORAGE to a writable folder."
+            )
+        if "full" in text:
+            return ResourceError(
+                f"The disk holding {where} is full; free some space, then try again "
+                "(nothing stored was changed by the failed write)."
+            )
+        if "not a database" in text or "malformed" in text or "disk i/o" in text:
+            return StorageError(
+                f"The study database {where}/teachlab.db is damaged ({inner}); move it aside "
+                "and restore a backup (made with `sqlite3 teachlab.db '.backup copy.db'`), or "
+                "move it aside to start an empty one."
+            )
+        return None
+    if isinstance(exc, OSError):
+        name = getattr(exc, "filename", None) or where
+        if exc.errno == errno.ENOSPC:
+            return ResourceError(f"The disk is full (writing {name}); free some space, then retry.")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return StorageError(
+                f"{name} is not writable ({exc.strerror}); fix its permissions or set "
+                "TEACHLAB_STORAGE to a writable folder."
+            )
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            return StorageError(
+                f"{name} cannot be created: a part of its path is a file, not a folder; set "
+                "TEACHLAB_STORAGE to a folder."
+            )
+        return None
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return ResourceError(
+            "The machine ran out of memory; use smaller settings (batch sizes, n_probe, "
+            "max_new_tokens) or a machine with more memory, then resume the run."
+        )
+    if isinstance(exc, RecursionError):
+        return DataError("The input is nested too deeply to read; flatten it and try again.")
+    if type(exc).__name__ == "ValidationError" and hasattr(exc, "errors"):
+        return ConfigError(_settings_message(exc))
+    return None
+
+
+def _settings_message(exc: object) -> str:
+    """A pydantic-settings error as one line naming the TEACHLAB_ variable and the fix."""
+    parts = []
+    for error in exc.errors():  # type: ignore[attr-defined]
+        field = "_".join(str(p) for p in error.get("loc", ())) or "?"
+        given = error.get("input")
+        parts.append(f"TEACHLAB_{field.upper()}={given!r}: {error.get('msg', 'invalid')}")
+    return "Bad setting " + "; ".join(parts) + " (see the README's settings table)."

@@ -44,6 +44,7 @@ app.command()(runs.demo)
 
 
 def main() -> None:
+    """The command, behind the error boundary: every failure is one line on standard error."""
     try:
         app()
     except TeachlabError as exc:
@@ -52,3 +53,8 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        from teachlab.boundary import one_line
+
+        typer.echo(f"error: {one_line(exc)}", err=True)
+        sys.exit(1)

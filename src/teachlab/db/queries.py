@@ -50,9 +50,7 @@ def drafts(
     return query.order_by(col(Draft.id).desc() if order == "newest" else col(Draft.id))
 
 
-def questions(
-    session: Session, round_id: int, phase: str | None = None
-) -> dict[int | None, Draft]:
+def questions(session: Session, round_id: int, phase: str | None = None) -> dict[int | None, Draft]:
     """A round's question drafts by id (every status: rationales point to their question), so
     ``questions(...).get(draft.parent_id)`` is a rationale's question."""
     return {d.id: d for d in session.exec(drafts(round_id, kind="question", phase=phase))}

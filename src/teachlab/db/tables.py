@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -90,7 +90,20 @@ class Draft(SQLModel, table=True):
 
 
 class ProbeResult(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("draft_id", "probe_index", "mode"),)
+    __table_args__ = (
+        UniqueConstraint("draft_id", "probe_index", "mode"),
+        # The zero-shot baseline has no draft (NULL never clashes in a UNIQUE constraint):
+        # one baseline row per round, probe and mode.
+        Index(
+            "ux_proberesult_baseline",
+            "round_id",
+            "probe_index",
+            "mode",
+            unique=True,
+            sqlite_where=text("draft_id IS NULL"),
+            postgresql_where=text("draft_id IS NULL"),
+        ),
+    )
     id: int | None = Field(default=None, primary_key=True)
     draft_id: int | None = Field(
         default=None, foreign_key="draft.id", ondelete="CASCADE", index=True
@@ -158,6 +171,7 @@ class Run(SQLModel, table=True):
     cancel_requested: bool = False
     attempts: int = 0
     worker: str | None = None  # lease owner (host:pid)
+    lease: int = 0  # the lease's generation: every claim takes a new one; writes check it
     heartbeat_at: datetime | None = None
     checkpoint: str | None = None
     log_path: str | None = None

@@ -34,6 +34,10 @@ class StageContext(Protocol):
         """Raise ``Cancelled`` if someone asked to stop this run."""
         ...
 
+    def provenance(self, extra: dict[str, Any]) -> None:
+        """Record model and adapter hashes (and the like) with the run."""
+        ...
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -59,6 +63,7 @@ class LocalContext:
     seed: int = 0
     events: list[tuple[int, int, str]] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    recorded: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
     def progress(self, done: int, total: int, message: str = "") -> None:
@@ -70,3 +75,6 @@ class LocalContext:
 
     def check_cancelled(self) -> None:
         return None
+
+    def provenance(self, extra: dict[str, Any]) -> None:
+        self.recorded.update(extra)

@@ -1,6 +1,9 @@
 """Execute one run in this process: claim it, heartbeat, dispatch to its stage, record the end.
 
 Used by the worker's child process (`teachlab run exec ID`) and by the CLI's foreground runs.
+Every write about the run is fenced by the lease taken at the claim: when another executor
+takes the run over (this one was paused or cut off past the stale limit), the next heartbeat,
+progress write or check raises ``LeaseLost`` and this executor stops without writing more.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from teachlab.db import Run
-from teachlab.errors import JobError, TeachlabError
+from teachlab.errors import JobError, TeachlabError, explain
 from teachlab.jobs import runs
 from teachlab.jobs.context import Cancelled, StageTable
+from teachlab.jobs.runs import Lease, LeaseLost
 from teachlab.settings import get_settings
 
 log = logging.getLogger("teachlab.jobs")
@@ -25,11 +30,13 @@ class RunContext:
     def __init__(
         self,
         run: Run,
+        lease: Lease,
         heartbeat: runs.Heartbeat,
         stages: StageTable,
         echo: Callable[[int, int, str], None] | None = None,
     ):
         self.run = run
+        self.lease = lease
         self.stages = stages  # the table this run was handed (a round runs its stages)
         self.run_id = run.id
         self.seed = run.seed
@@ -41,11 +48,13 @@ class RunContext:
         self.log_path = self.run_dir / "log.txt"
 
     def progress(self, done: int, total: int, message: str = "") -> None:
+        if self._hb.lost.is_set():
+            raise LeaseLost(f"Run #{self.run_id} was taken over by another executor.")
         now = time.monotonic()
         # Throttle database writes; the last step of a stage is always written.
         if now - self._last_progress >= 0.5 or done >= total:
             self._last_progress = now
-            runs.set_progress(self.run.id, done, total, message)  # type: ignore[arg-type]
+            runs.set_progress(self.lease, done, total, message)
         if self._echo:
             self._echo(done, total, message)
 
@@ -56,9 +65,15 @@ class RunContext:
         log.info("run %s: %s", self.run_id, message)
 
     def check_cancelled(self) -> None:
-        if self._hb.cancelled.is_set() or runs.heartbeat(self.run.id):  # type: ignore[arg-type]
+        if self._hb.lost.is_set():
+            raise LeaseLost(f"Run #{self.run_id} was taken over by another executor.")
+        if self._hb.cancelled.is_set() or runs.heartbeat(self.lease):
             self._hb.cancelled.set()
             raise Cancelled()
+
+    def provenance(self, extra: dict[str, Any]) -> None:
+        """Record model and adapter hashes (and the like) with the run."""
+        runs.update_provenance(self.lease, extra)
 
 
 def execute(
@@ -70,35 +85,49 @@ def execute(
 
     ``stages`` is the stage table (``teachlab.stages.STAGES``): the run's kind names its entry.
     """
-    run = runs.claim(run_id)
-    if run is None:
+    claimed = runs.claim(run_id)
+    if claimed is None:
         return runs.get_run(run_id)
-    with runs.Heartbeat(run_id) as hb:
-        ctx = RunContext(run, hb, stages, echo)
-        runs.update_provenance(run_id, {"log": str(ctx.log_path)})
-        ctx.log(f"{run.kind} started (attempt {run.attempts}, seed {run.seed})")
+    run, lease = claimed
+    with runs.Heartbeat(lease) as hb:
+        ctx = RunContext(run, lease, hb, stages, echo)
         try:
-            stage = stages.get(run.kind)
-            if stage is None:
-                raise JobError(
-                    f"Run #{run_id} is of kind {run.kind!r}, which this TeachLab does not know; "
-                    f"known: {', '.join(stages)}."
-                )
-            result = stage.run(ctx, run)
-        except Cancelled:
-            ctx.log("cancelled")
-            runs.finish(run_id, "cancelled")
-        except TeachlabError as exc:
-            ctx.log(f"failed: {exc}")
-            runs.finish(run_id, "failed", error=str(exc))
-        except Exception as exc:
-            ctx.log("failed with an unexpected error:\n" + traceback.format_exc())
-            runs.finish(
-                run_id,
-                "failed",
-                error=f"{type(exc).__name__}: {exc} (the full trace is in the run's log)",
-            )
-        else:
-            ctx.log("succeeded")
-            runs.finish(run_id, "succeeded", result=result)
+            ctx.provenance({"log": str(ctx.log_path)})
+            ctx.log(f"{run.kind} started (attempt {run.attempts}, seed {run.seed})")
+            _run_stage(ctx, run, lease, stages)
+        except LeaseLost as exc:
+            # Another executor holds the run now: it records what happens next, not us.
+            ctx.log(f"stopped: {exc}")
     return runs.get_run(run_id)
+
+
+def _run_stage(ctx: RunContext, run: Run, lease: Lease, stages: StageTable) -> None:
+    try:
+        stage = stages.get(run.kind)
+        if stage is None:
+            raise JobError(
+                f"Run #{run.id} is of kind {run.kind!r}, which this TeachLab does not know; "
+                f"known: {', '.join(stages)}."
+            )
+        result = stage.run(ctx, run)
+    except LeaseLost:
+        raise
+    except Cancelled:
+        ctx.log("cancelled")
+        runs.finish(lease, "cancelled")
+    except TeachlabError as exc:
+        ctx.log(f"failed: {exc}")
+        runs.finish(lease, "failed", error=str(exc))
+    except Exception as exc:
+        ctx.log("failed with an unexpected error:\n" + traceback.format_exc())
+        known = explain(exc)
+        runs.finish(
+            lease,
+            "failed",
+            error=str(known)
+            if known
+            else f"{type(exc).__name__}: {exc} (the full trace is in the run's log)",
+        )
+    else:
+        ctx.log("succeeded")
+        runs.finish(lease, "succeeded", result=result)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from teachlab.settings import get_settings
 log = logging.getLogger("teachlab.jobs")
 CHILD_POLL_S = 1.0
 CANCEL_GRACE_S = 20.0
+REAP_EVERY_S = 2.0
 
 
 @lru_cache(maxsize=4)
@@ -76,6 +78,7 @@ def _run_task(run_id: int) -> None:
                 "TEACHLAB_STORAGE": str(settings.storage),
             },
         )
+        child = f"{socket.gethostname()}:{proc.pid}"  # the lease owner it claims as
         cancel_seen: float | None = None
         while proc.poll() is None:
             time.sleep(CHILD_POLL_S)
@@ -88,11 +91,13 @@ def _run_task(run_id: int) -> None:
             if cancel_seen and time.monotonic() - cancel_seen > CANCEL_GRACE_S:
                 # The stage did not stop at a check point in time: stop its process group.
                 _stop(proc)
-                runs.finish(run_id, "cancelled", error=None)
-    run = runs.get_run(run_id)
-    if run.status == "running":
-        # The child died without recording an end (killed, out of memory): resume it.
-        runs.finish(run_id, "interrupted", error=f"process exited with code {proc.returncode}")
+                runs.stop_unheld(run_id, "cancelled", worker=child)
+    # The child died without recording an end (killed, out of memory): resume it, unless
+    # another executor holds the run by now (then it is that one's to finish).
+    if runs.stop_unheld(
+        run_id, "interrupted", worker=child, error=f"process exited with code {proc.returncode}"
+    ):
+        run = runs.get_run(run_id)
         if run.attempts < runs.MAX_ATTEMPTS and not run.cancel_requested:
             enqueue(run_id)
 
@@ -165,8 +170,23 @@ def run_worker() -> None:
     recovered = recover()
     if recovered:
         log.info("re-queued runs %s", recovered)
+    threading.Thread(target=_reap_often, daemon=True, name="reaper").start()
     consumer = get_huey().create_consumer(workers=1, worker_type="thread", periodic=True)
     consumer.run()
+
+
+def _reap_often() -> None:
+    """Take over runs whose executor died within seconds (huey's periodic tasks run at most
+    once a minute): a stale run is queued again here, and claimed by the next free worker."""
+    while True:
+        time.sleep(REAP_EVERY_S)
+        try:
+            found = recover()
+        except Exception:  # a busy or vanished database: try again at the next tick
+            log.exception("recovering lost runs failed")
+            continue
+        if found:
+            log.info("re-queued runs %s", found)
 
 
 class WorkerProcess:

@@ -10,17 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 from teachlab.db import Run
 from teachlab.errors import JobError
-from teachlab.jobs import runs
-from teachlab.rounds import load_round, row_id
+from teachlab.rounds import load_round
 
 if TYPE_CHECKING:
     from teachlab.jobs.executor import RunContext
     from teachlab.train import TrainResult
 
 
-def trained(run: Run, result: TrainResult, rows: int, what: str) -> dict[str, Any]:
+def trained(ctx: RunContext, result: TrainResult, rows: int, what: str) -> dict[str, Any]:
     """A training stage's run result, with the output's hash kept in the run's provenance."""
-    runs.update_provenance(row_id(run), {"adapter_sha256": result.adapter_sha256})
+    ctx.provenance({"adapter_sha256": result.adapter_sha256})
     return {
         "adapter": str(result.output_dir),
         "adapter_sha256": result.adapter_sha256,
@@ -54,4 +53,4 @@ def stage_align(ctx: RunContext, run: Run) -> dict[str, Any]:
         run_id=run.id,
         ordered=cfg.pair_rule == "ranked",  # Curry-DPO: easy pairs first
     )
-    return trained(run, result, len(data), "pairs")
+    return trained(ctx, result, len(data), "pairs")

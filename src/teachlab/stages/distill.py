@@ -53,4 +53,4 @@ def stage_distill(ctx: RunContext, run: Run) -> dict[str, Any]:
         run_dir=ctx.run_dir,
         run_id=run.id,
     )
-    return trained(run, result, len(examples), "examples")
+    return trained(ctx, result, len(examples), "examples")

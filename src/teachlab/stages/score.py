@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from teachlab.db import Draft, ProbeResult, Run, queries, read_session, write_session
-from teachlab.jobs import runs
 from teachlab.jobs.context import StageContext
-from teachlab.rounds import load_round, row_id
+from teachlab.rounds import load_round
 from teachlab.stages.probes import ensure_probes
 
 
@@ -36,12 +35,11 @@ def stage_score(ctx: StageContext, run: Run) -> dict[str, Any]:
     total = len(rationales) + 1
     ctx.progress(total - len(todo) - 1, total, f"loading student {rnd.student}")
     student = models.load(rnd.student, rnd.student_adapter)
-    runs.update_provenance(
-        row_id(run),
+    ctx.provenance(
         {
             "student_sha256": student.weights_sha256,
             "student_adapter_sha256": student.adapter_sha256,
-        },
+        }
     )
     scorer = Scorer(
         student.model, student.tokenizer, loaded.task.description, loaded.probes("probe"), mode=mode
