@@ -15,12 +15,17 @@ from pages import review as review_page
 from pages import runs as runs_page
 from pages import scores as scores_page
 from pages import studies as studies_page
+from pages.auth import MAX_FAILURES, LoginGuard, expire_sessions
 from pages.common import AppState
 from teachlab.db import init_db
 from teachlab.settings import Settings, get_settings, on_space
 
 log = logging.getLogger("teachlab.app")
 
+AUTH_MESSAGE = (
+    "Log in with the name and password your study admin gave you. {failures} wrong passwords "
+    "in a row lock a name for a while; a login lasts {hours} hours."
+)
 CSS = """
 .tl-pre { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 0.85em; }
 """
@@ -65,16 +70,10 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     return app
 
 
-def auth_callback(settings: Settings):
+def auth_callback(settings: Settings) -> LoginGuard | None:
+    """The login check (throttled), or None when no logins are configured."""
     users = settings.users()
-    if not users:
-        return None
-
-    def check(username: str, password: str) -> bool:
-        entry = users.get(username)
-        return entry is not None and entry[0] == password
-
-    return check
+    return LoginGuard(users) if users else None
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -112,10 +111,16 @@ def launch(host: str | None = None, port: int | None = None, start_worker: bool 
             server_name=host or settings.host,
             server_port=port or settings.port,
             auth=auth_callback(settings),
+            auth_message=AUTH_MESSAGE.format(
+                failures=MAX_FAILURES, hours=f"{settings.session_hours:g}"
+            ),
             blocked_paths=[str(settings.storage.resolve())],
             max_file_size=f"{settings.max_upload_mb}mb",
             footer_links=["api"],
             css=CSS,
+            prevent_thread_lock=True,
         )
+        expire_sessions(app, settings.session_hours)
+        app.block_thread()
     finally:
         worker.stop()

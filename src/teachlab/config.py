@@ -6,11 +6,18 @@ field's help. ``validate()`` raises ConfigError with what, why and how to fix.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import math
+import re
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
 from teachlab.errors import ConfigError
 
+# The reasoning strategies a rationale can be drafted with (their prompts: teachlab.prompts).
+STRATEGY_NAMES = ("expert", "rules", "plain", "eliminate")
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+SEED_MAX = 2**32 - 1  # numpy, torch and transformers take seeds from 0 to 2**32 - 1
 SCORERS = ("loglik", "generate")
 PAIR_RULES = ("arte", "margin", "baseline", "ranked")
 BACKENDS = ("transformers", "openai", "vllm")
@@ -127,7 +134,8 @@ class StudyConfig:
     def validate(self) -> StudyConfig:
         for f in fields(self):
             meta = f.metadata
-            value = getattr(self, f.name)
+            value = coerce(f, getattr(self, f.name))
+            setattr(self, f.name, value)
             if "choices" in meta and value not in meta["choices"]:
                 raise ConfigError(
                     f"{f.name}={value!r} is not valid; choose one of {', '.join(meta['choices'])}."
@@ -139,6 +147,14 @@ class StudyConfig:
                 )
         if not self.strategies:
             raise ConfigError("strategies is empty; name at least one reasoning strategy.")
+        unknown = [name for name in self.strategies if name not in STRATEGY_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"strategies: {', '.join(map(repr, unknown))} is not a reasoning strategy; "
+                f"choose from {', '.join(STRATEGY_NAMES)}."
+            )
+        if len(set(self.strategies)) < len(self.strategies):
+            raise ConfigError("strategies names a strategy twice; name each one once.")
         if self.n_rationales > len(self.strategies):
             raise ConfigError(
                 f"n_rationales={self.n_rationales} but only {len(self.strategies)} strategies; "
@@ -160,8 +176,6 @@ class StudyConfig:
             raise ConfigError(
                 f"Unknown study setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}."
             )
-        if "strategies" in data:
-            data["strategies"] = tuple(data["strategies"])
         try:
             config = cls(**data)
         except TypeError as exc:
@@ -169,5 +183,78 @@ class StudyConfig:
         return config.validate()
 
     @classmethod
+    def parse(cls, key: str, text: str) -> Any:
+        """One setting typed from text (``--set key=value``), with the field's own checks."""
+        by_name = {f.name: f for f in fields(cls)}
+        if key not in by_name:
+            raise ConfigError(
+                f"Unknown study setting {key!r}; known: {', '.join(sorted(by_name))}."
+            )
+        return coerce(by_name[key], text)
+
+    @classmethod
     def help(cls) -> dict[str, str]:
         return {f.name: f.metadata["help"] for f in fields(cls)}
+
+
+def _kind(f: Field[Any]) -> type:
+    """A setting's type, read off its default (every setting has one)."""
+    return type(f.default if f.default is not MISSING else f.default_factory())  # type: ignore[misc]
+
+
+def coerce(f: Field[Any], value: Any) -> Any:
+    """``value`` as the setting's type, from its own type or from text; ConfigError naming the
+    setting otherwise (no silent guesses: "maybe" is not a boolean, "expert" is one strategy)."""
+    kind, name = _kind(f), f.name
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word in TRUE_WORDS or word in FALSE_WORDS:
+            return word in TRUE_WORDS
+        raise ConfigError(
+            f"{name}={value!r} is not true or false; use true/false (or yes/no, on/off, 1/0)."
+        )
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,18}\s*", value):
+            return int(value)
+        raise ConfigError(f"{name}={value!r} is not a whole number; give one like {f.default!r}.")
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} is not a number; give one like {f.default!r}.")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{name}={value!r} is not a number; give one like {f.default!r}."
+            ) from None
+        if not math.isfinite(number):
+            raise ConfigError(
+                f"{name}={value!r} is not a finite number; give one like {f.default!r}."
+            )
+        return number
+    if kind is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(
+                f"{name}={value!r}: give names separated by commas, e.g. expert,rules."
+            )
+        return tuple(i.strip() for i in items if i.strip())
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r} is not text; give one of the named choices.")
+        return value.strip()
+    return value
+
+
+def check_seed(seed: Any) -> int:
+    """A study seed: a whole number from 0 to 2**32 - 1 (what numpy, torch and transformers take)."""
+    if isinstance(seed, str) and re.fullmatch(r"\s*\d{1,10}\s*", seed):
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"Seed {seed!r} is not valid; use a whole number from 0 to {SEED_MAX}.")
+    return seed

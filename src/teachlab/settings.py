@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         default=None,
         description="A file of user:password:role lines, read in addition to TEACHLAB_AUTH.",
     )
+    session_hours: float = Field(
+        default=12.0,
+        gt=0,
+        le=24 * 30,
+        description="How long a web login lasts before the login page comes back (hours).",
+    )
     demo_mode: bool = Field(
         default=False,
         description="Public-demo mode: small size limits and heavy runs (align, distil) off.",

@@ -12,10 +12,11 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
-from teachlab.config import BACKENDS, StudyConfig
+from teachlab.config import BACKENDS, StudyConfig, check_seed
 from teachlab.db import Draft, Pair, Round, Run, Study, init_db, read_session, write_session
 from teachlab.errors import ConfigError, NotFoundError
 from teachlab.models import parse_ref
+from teachlab.parsing import check_text
 from teachlab.settings import get_settings
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -66,6 +67,11 @@ def _check_name(name: str) -> str:
             f"Study name {name!r} is not valid; use 1-64 letters, digits, spaces, '_', '-' or '.', "
             "starting with a letter or digit."
         )
+    if name.isdigit():
+        raise ConfigError(
+            f"Study name {name!r} is all digits and would read as a study id; add a letter "
+            f"(for example 'study-{name}')."
+        )
     return name
 
 
@@ -86,6 +92,9 @@ def create_study(
 
     settings = get_settings()
     name = _check_name(name)
+    seed = check_seed(seed)
+    description = check_text(description or "", "The description")
+    guidelines = check_text(guidelines or "", "The guidelines")
     teacher = (teacher or settings.teacher).strip()
     student = (student or settings.student).strip()
     parse_ref(teacher)

@@ -51,28 +51,13 @@ def cli_user() -> str:
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, Any]:
-    """``--set key=value`` items as typed study settings (the type of each default)."""
+    """``--set key=value`` items as typed study settings (each checked like the form's fields)."""
     from teachlab.config import StudyConfig
 
     out: dict[str, Any] = {}
-    defaults = StudyConfig().to_dict()
     for item in sets or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: use key=value, for example --set n_questions=16.")
         key, value = item.split("=", 1)
-        key = key.strip()
-        if key not in defaults:
-            raise ConfigError(
-                f"--set {key}: unknown setting; known: {', '.join(sorted(defaults))}."
-            )
-        kind = type(defaults[key])
-        if kind is bool:
-            out[key] = value.lower() in ("1", "true", "yes", "on")
-        elif kind is list:
-            out[key] = [v.strip() for v in value.split(",") if v.strip()]
-        else:
-            try:
-                out[key] = kind(value)
-            except ValueError as exc:
-                raise ConfigError(f"--set {key}={value!r}: expected {kind.__name__}.") from exc
+        out[key.strip()] = StudyConfig.parse(key.strip(), value)
     return out

@@ -20,6 +20,7 @@ from teachlab.db import AnnotationEvent, Draft, Pair, write_session
 from teachlab.errors import DataError
 from teachlab.export.build import MANIFEST
 from teachlab.export.rows import LEVELS, PAIR_STATUSES, SOURCES, sha256
+from teachlab.parsing import loads
 from teachlab.prompts import render_chat, split_options
 
 Check = tuple[str, Callable[[Any], bool]]
@@ -116,7 +117,9 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     if path.is_dir():
         manifest = path / MANIFEST
         if manifest.is_file() and not (path / "state.json").is_file():
-            data_files = json.loads(manifest.read_text(encoding="utf-8")).get("data_files", "")
+            data_files = loads(manifest.read_text(encoding="utf-8"), manifest.name).get(
+                "data_files", ""
+            )
             return load_records(path / Path(str(data_files)).name)
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
             from datasets import DatasetDict, load_from_disk
@@ -140,8 +143,12 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
         if suffix in (".jsonl", ".json"):
             text = path.read_text(encoding="utf-8")
             if text.lstrip().startswith("["):
-                return list(json.loads(text))
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+                return list(loads(text, path.name))
+            return [
+                loads(line, f"{path.name} line {i}")
+                for i, line in enumerate(text.splitlines(), 1)
+                if line.strip()
+            ]
     except (ValueError, OSError) as exc:
         raise DataError(f"Cannot read {path.name}: {exc}; is it a valid {suffix} file?") from exc
     raise DataError(f"{path.name}: unsupported file type; use .jsonl, .json or .parquet.")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from teachlab.errors import DataError
+from teachlab.parsing import check_text, loads
 from teachlab.settings import get_settings
 from teachlab.tasks.model import Example, Task
 
@@ -96,7 +97,7 @@ def load_task_file(
             f"{path.name} is {size / 2**20:.1f} MB, over the {limit_mb} MB limit "
             "(TEACHLAB_MAX_UPLOAD_MB); upload a smaller sample of the task or raise the limit."
         )
-    text = _decode(path.read_bytes(), path.name)
+    text = check_text(_decode(path.read_bytes(), path.name), path.name)
     if not text.strip():
         raise DataError(f"{path.name} is empty: it needs at least {MIN_EXAMPLES} examples.")
     problems = _Problems()
@@ -147,9 +148,12 @@ def _jsonl_records(text: str, problems: _Problems) -> list[tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = loads(line, f"line {number}")
         except json.JSONDecodeError as exc:
             problems.add(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except DataError as exc:
+            problems.add(number, None, str(exc).removeprefix(f"line {number} "))
             continue
         if not isinstance(value, dict):
             problems.add(number, None, f"expected a JSON object, got a JSON {_json_type(value)}")
