@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
+from teachlab.boundary import one_line
 from teachlab.errors import PermissionDenied, TeachlabError
 from teachlab.settings import Settings
 
@@ -57,14 +58,20 @@ class AppState:
 
 
 def ui_errors(fn: F) -> F:
-    """Turn TeachLab errors into a readable gr.Error at the page boundary."""
+    """The page boundary: a TeachLab error, or any expected failure (storage, a locked or
+    damaged database, memory), becomes one readable gr.Error; an unexpected one says it is a
+    bug and where its traceback was logged, never shows the traceback."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except gr.Error:
+            raise
         except TeachlabError as exc:
             raise gr.Error(str(exc)) from exc
+        except Exception as exc:
+            raise gr.Error(one_line(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
 
