@@ -75,11 +75,12 @@ def test_micro_batch_keeps_the_effective_batch(batch: int, split: tuple[int, int
 # --- helpers, and the metrics callback ------------------------------------------------------
 
 
-def _db_with_run(path: Path) -> tuple[Path, int]:
+def _db_with_run() -> tuple[Path, int]:
+    """A run in the process's store (the test's own database): the store's path, the run's id."""
     from teachlab.db import Round, Run, Study, init_db, write_session
 
-    db = init_db(path)
-    with write_session(db) as session:
+    db = init_db().path
+    with write_session() as session:
         study = Study(name="train-test", task_ref="x", teacher=STUDENT, student=STUDENT)
         session.add(study)
         session.flush()
@@ -96,9 +97,9 @@ def _db_with_run(path: Path) -> tuple[Path, int]:
 def _metrics(db: Path, run_id: int) -> list[tuple[int, str, float]]:
     from sqlmodel import select
 
-    from teachlab.db import Metric, read_session
+    from teachlab.db import Metric, Store
 
-    with read_session(db) as session:
+    with Store(db).read() as session:
         rows = session.exec(select(Metric).where(Metric.run_id == run_id)).all()
         return [(m.step, m.name, m.value) for m in rows]
 
@@ -133,9 +134,9 @@ def test_metrics_callback_writes_once_survives_a_busy_database_and_cancels_grace
     import teachlab.db
     from teachlab.train.common import DbMetricsCallback
 
-    db, run_id = _db_with_run(tmp_path / "t.db")
+    db, run_id = _db_with_run()
     ctx = CancelAtStep(at=2)
-    callback = DbMetricsCallback(ctx, db, run_id)
+    callback = DbMetricsCallback(ctx, run_id)
     state = SimpleNamespace(global_step=1, max_steps=3, is_world_process_zero=True)
     logs = {"loss": 0.69, "rewards/margins": 0.0, "grad_norm": float("nan"), "note": "x"}
     callback.on_log(None, state, TrainerControl(), logs=logs)
@@ -202,11 +203,11 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]
         mp.setenv("TEACHLAB_OFFLINE", "1")
         get_settings.cache_clear()
         before = models.hash_folder(models.fetch(STUDENT))
-        db, run_id = _db_with_run(tmp / "t.db")
-        ctx = LocalContext(db_path=db, run_id=run_id, seed=7)
+        db, run_id = _db_with_run()
+        ctx = LocalContext(run_id=run_id, seed=7)
         result = train_dpo(
             ctx, base_ref=STUDENT, adapter_in=None, pairs=PAIRS, config=DPO,
-            run_dir=tmp / "run", db_path=db, run_id=run_id,
+            run_dir=tmp / "run", run_id=run_id,
         )  # fmt: skip
         yield Trained(db, run_id, tmp / "run", result, before)
     get_settings.cache_clear()
@@ -252,10 +253,10 @@ def test_dpo_metrics_are_written_once_per_step(uninterrupted: Trained) -> None:
 def test_rerun_of_a_finished_run_returns_the_stored_adapter(uninterrupted: Trained) -> None:
     from teachlab.train.dpo import train_dpo
 
-    ctx = LocalContext(db_path=uninterrupted.db, run_id=uninterrupted.run_id, seed=7)
+    ctx = LocalContext(run_id=uninterrupted.run_id, seed=7)
     again = train_dpo(
         ctx, base_ref=STUDENT, adapter_in=None, pairs=PAIRS, config=DPO,
-        run_dir=uninterrupted.run_dir, db_path=uninterrupted.db, run_id=uninterrupted.run_id,
+        run_dir=uninterrupted.run_dir, run_id=uninterrupted.run_id,
     )  # fmt: skip
     assert again.adapter_sha256 == uninterrupted.result.adapter_sha256
     assert not ctx.events  # nothing was trained
@@ -271,24 +272,24 @@ def test_cancelled_dpo_resumes_from_its_last_complete_checkpoint(
     from teachlab.db import Run, read_session
     from teachlab.train.dpo import train_dpo
 
-    db, run_id = _db_with_run(tmp_path / "t.db")
+    db, run_id = _db_with_run()
     run_dir = tmp_path / "run"
     kwargs = dict(
         base_ref=STUDENT, adapter_in=None, pairs=PAIRS, config=DPO,
-        run_dir=run_dir, db_path=db, run_id=run_id,
+        run_dir=run_dir, run_id=run_id,
     )  # fmt: skip
     with pytest.raises(Cancelled):
-        train_dpo(CancelAtStep(db_path=db, run_id=run_id, seed=7, at=2), **kwargs)
+        train_dpo(CancelAtStep(run_id=run_id, seed=7, at=2), **kwargs)
     checkpoints = run_dir / "checkpoints"
     assert latest_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-2"
     assert not (run_dir / "adapter").exists()
-    with read_session(db) as session:
+    with read_session() as session:
         assert session.exec(select(Run.checkpoint)).one() == str(checkpoints / "checkpoint-2")
     assert {step for step, _, _ in _metrics(db, run_id)} == {1, 2}
     # A kill during the next save would leave this: a folder without the marker.
     _checkpoint(checkpoints, 3, complete=False)
 
-    ctx = LocalContext(db_path=db, run_id=run_id, seed=7)
+    ctx = LocalContext(run_id=run_id, seed=7)
     result = train_dpo(ctx, **kwargs)
     assert result.resumed_from == 2
     assert result.global_step == DPO.dpo_max_steps
@@ -316,12 +317,12 @@ def test_dpo_continues_a_teacher_adapter_against_itself(
 
     from teachlab.train.dpo import train_dpo
 
-    db, run_id = _db_with_run(tmp_path / "t.db")
+    db, run_id = _db_with_run()
     adapter_in = uninterrupted.result.output_dir
     result = train_dpo(
-        LocalContext(db_path=db, run_id=run_id, seed=7), base_ref=STUDENT,
+        LocalContext(run_id=run_id, seed=7), base_ref=STUDENT,
         adapter_in=str(adapter_in), pairs=PAIRS[:2], config=replace(DPO, dpo_max_steps=1),
-        run_dir=tmp_path / "run", db_path=db, run_id=run_id,
+        run_dir=tmp_path / "run", run_id=run_id,
     )  # fmt: skip
     rows = {name: v for _, name, v in _metrics(db, run_id)}
     # Policy == reference at step 1 (a fresh base reference would give non-zero rewards).
@@ -337,7 +338,7 @@ def test_dpo_prompt_ids_are_exactly_the_generation_prompt(tmp_path: Path) -> Non
     from transformers import AutoTokenizer
 
     from teachlab import models
-    from teachlab.backends.hf import prompt_token_ids
+    from teachlab.prompts import prompt_token_ids
     from teachlab.train.dpo import build_dpo_trainer, tokenize_pairs
 
     tok = AutoTokenizer.from_pretrained(models.fetch(STUDENT))
@@ -387,7 +388,7 @@ def test_prompts_get_generations_bos_and_completions_none_for_gemma() -> None:
     from transformers import AutoTokenizer
 
     from teachlab import models
-    from teachlab.backends.hf import prompt_token_ids
+    from teachlab.prompts import prompt_token_ids
     from teachlab.train.common import completion_ids, encode_prompt
 
     tok = AutoTokenizer.from_pretrained(models.fetch("bundled:gemma-3-270m"))
@@ -405,7 +406,6 @@ def test_prompts_get_generations_bos_and_completions_none_for_gemma() -> None:
 
 @pytest.mark.slow
 def test_over_long_pairs_fail_before_training(tmp_path: Path) -> None:
-    from teachlab.db import init_db
     from teachlab.train.dpo import train_dpo
 
     long_pair = {
@@ -416,8 +416,7 @@ def test_over_long_pairs_fail_before_training(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"1 of 3 pairs exceed the 32-token training limit"):
         train_dpo(
             LocalContext(), base_ref=STUDENT, adapter_in=None, pairs=[*PAIRS[:2], long_pair],
-            config=DPO, run_dir=tmp_path / "run", db_path=init_db(tmp_path / "t.db"), run_id=None,
-            max_length=32,
+            config=DPO, run_dir=tmp_path / "run", run_id=None, max_length=32,
         )  # fmt: skip
     assert not (tmp_path / "run").exists()
 
@@ -430,7 +429,7 @@ def test_malformed_pairs_are_refused(tmp_path: Path) -> None:
         with pytest.raises(DataError, match=message):
             train_dpo(
                 LocalContext(), base_ref=STUDENT, adapter_in=None, pairs=pairs, config=DPO,
-                run_dir=tmp_path / "run", db_path=None, run_id=None,
+                run_dir=tmp_path / "run", run_id=None,
             )  # fmt: skip
 
 
@@ -451,11 +450,11 @@ def test_sft_trains_on_the_completion_only(tmp_path: Path) -> None:
     assert row["labels"][n:] == row["input_ids"][n:] and row["labels"][-1] == tok.eos_token_id
 
     base_before = models.hash_folder(models.fetch(STUDENT))
-    db, run_id = _db_with_run(tmp_path / "t.db")
+    db, run_id = _db_with_run()
     config = StudyConfig(sft_lr=2e-3, sft_batch_size=2, sft_max_steps=2, lora_r=4)
     result = train_sft(
-        LocalContext(db_path=db, run_id=run_id, seed=3), base_ref=STUDENT, adapter_in=None,
-        examples=EXAMPLES, config=config, run_dir=tmp_path / "run", db_path=db, run_id=run_id,
+        LocalContext(run_id=run_id, seed=3), base_ref=STUDENT, adapter_in=None,
+        examples=EXAMPLES, config=config, run_dir=tmp_path / "run", run_id=run_id,
     )  # fmt: skip
     assert result.global_step == 2
     assert result.adapter_sha256 == models.hash_folder(

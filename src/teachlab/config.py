@@ -199,7 +199,10 @@ class StudyConfig:
 
 def _kind(f: Field[Any]) -> type:
     """A setting's type, read off its default (every setting has one)."""
-    return type(f.default if f.default is not MISSING else f.default_factory())  # type: ignore[misc]
+    if f.default is not MISSING:
+        return type(f.default)
+    factory: Any = f.default_factory
+    return type(factory())
 
 
 def coerce(f: Field[Any], value: Any) -> Any:

@@ -1,7 +1,8 @@
 """Training stages: align the teacher with DPO and distil the student with SFT.
 
-Both resume from complete-marked checkpoints and write their metrics to the database. Names
-load on first use (PEP 562): importing transformers costs seconds the UI and CLI need not pay.
+Both run through one routine (``routine.train``), each with its ``Method`` record; they resume
+from complete-marked checkpoints and write their metrics to the database. Names load on first
+use (PEP 562): importing transformers costs seconds the UI and CLI need not pay.
 """
 
 from __future__ import annotations

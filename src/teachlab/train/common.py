@@ -1,5 +1,6 @@
-"""Machinery shared by DPO and SFT: exact tokenisation, metrics into the database,
-complete-marked checkpoints with resume, seeding, and the final adapter save with its hash.
+"""Machinery shared by the training methods: exact tokenisation, metrics into the database,
+complete-marked checkpoints with resume, the run's fingerprint and trl settings (``routine.py``
+runs them in order: the one training routine).
 
 Resume policy: a run folder holds ``checkpoints/checkpoint-N`` (HF Trainer layout) and, once
 finished, ``adapter/``. A checkpoint counts only once its ``.complete`` marker exists (written
@@ -15,20 +16,19 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
-from transformers.trainer_callback import PrinterCallback
 
 from teachlab.errors import ConfigError, DataError, JobError
 from teachlab.jobs.context import Cancelled, StageContext
+from teachlab.prompts import prompt_token_ids
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase, Trainer
+    from transformers import PreTrainedTokenizerBase
 
 COMPLETE_MARKER = ".complete"
 CHECKPOINTS = "checkpoints"
@@ -64,8 +64,6 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     only when the text lacks it (Gemma's plain template has none). Any other encoding would
     train DPO on a prompt the teacher never saw.
     """
-    from teachlab.backends.hf import prompt_token_ids
-
     return prompt_token_ids(tokenizer, prompt)
 
 
@@ -122,9 +120,8 @@ class DbMetricsCallback(TrainerCallback):
     A database busy past its timeout never stops training: rows wait for the next write.
     """
 
-    def __init__(self, ctx: StageContext, db_path: Path | None, run_id: int | None) -> None:
+    def __init__(self, ctx: StageContext, run_id: int | None) -> None:
         self.ctx = ctx
-        self.db_path = db_path
         self.run_id = run_id
         self.cancelled = False
         self.last: dict[str, float] = {}
@@ -179,7 +176,7 @@ class DbMetricsCallback(TrainerCallback):
         from teachlab.db import Metric, write_session
 
         try:
-            with write_session(self.db_path) as session:
+            with write_session() as session:
                 for step, name, value in self._pending:
                     session.add(Metric(run_id=self.run_id, step=step, name=name, value=value))
         except OperationalError as exc:
@@ -191,11 +188,8 @@ class DbMetricsCallback(TrainerCallback):
 class CompleteMarker(TrainerCallback):
     """Marks a checkpoint complete once the Trainer has finished writing it (on_save fires after)."""
 
-    def __init__(
-        self, ctx: StageContext, db_path: Path | None = None, run_id: int | None = None
-    ) -> None:
+    def __init__(self, ctx: StageContext, run_id: int | None = None) -> None:
         self.ctx = ctx
-        self.db_path = db_path
         self.run_id = run_id
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -204,7 +198,7 @@ class CompleteMarker(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not folder.is_dir():
             return control
-        _write_durably(folder / COMPLETE_MARKER, str(state.global_step))
+        write_durably(folder / COMPLETE_MARKER, str(state.global_step))
         if self.run_id is not None:
             # The marker on disk is the truth; Run.checkpoint only shows it in the UI.
             from sqlalchemy.exc import OperationalError
@@ -212,7 +206,7 @@ class CompleteMarker(TrainerCallback):
             from teachlab.db import Run, write_session
 
             try:
-                with write_session(self.db_path) as session:
+                with write_session() as session:
                     run = session.get(Run, self.run_id)
                     if run is not None:
                         run.checkpoint = str(folder)
@@ -221,7 +215,8 @@ class CompleteMarker(TrainerCallback):
         return control
 
 
-def _write_durably(path: Path, text: str) -> None:
+def write_durably(path: Path, text: str) -> None:
+    """Write a small file and fsync it: a marker or record must outlive a crash right after."""
     with path.open("w") as fh:
         fh.write(text)
         fh.flush()
@@ -231,7 +226,8 @@ def _write_durably(path: Path, text: str) -> None:
 # --- checkpoints ----------------------------------------------------------------------------
 
 
-def _checkpoint_step(path: Path) -> int | None:
+def checkpoint_step(path: Path) -> int | None:
+    """N for a ``checkpoint-N`` folder, None for anything else."""
     prefix, _, number = path.name.partition("-")
     if prefix != "checkpoint" or not number.isdigit() or not path.is_dir():
         return None
@@ -245,7 +241,7 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
     complete = [
         (step, path)
         for path in folder.iterdir()
-        if (step := _checkpoint_step(path)) is not None and (path / COMPLETE_MARKER).is_file()
+        if (step := checkpoint_step(path)) is not None and (path / COMPLETE_MARKER).is_file()
     ]
     return max(complete)[1] if complete else None
 
@@ -255,7 +251,7 @@ def remove_incomplete_checkpoints(folder: Path) -> list[Path]:
     removed = []
     if folder.is_dir():
         for path in folder.iterdir():
-            if _checkpoint_step(path) is not None and not (path / COMPLETE_MARKER).is_file():
+            if checkpoint_step(path) is not None and not (path / COMPLETE_MARKER).is_file():
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed
@@ -294,11 +290,11 @@ def prepare_checkpoints(run_dir: Path, plan_hash: str) -> Path | None:
             "cannot resume them; start a new run, or delete that folder to start this one over."
         )
     remove_incomplete_checkpoints(folder)
-    _write_durably(plan_file, json.dumps({"fingerprint": plan_hash}))
+    write_durably(plan_file, json.dumps({"fingerprint": plan_hash}))
     return latest
 
 
-def clear_metrics_after(db_path: Path | None, run_id: int | None, step: int) -> None:
+def clear_metrics_after(run_id: int | None, step: int) -> None:
     """Delete a run's metrics past ``step``: those steps are about to be trained again."""
     if run_id is None:
         return
@@ -306,7 +302,7 @@ def clear_metrics_after(db_path: Path | None, run_id: int | None, step: int) -> 
 
     from teachlab.db import Metric, write_session
 
-    with write_session(db_path) as session:
+    with write_session() as session:
         session.exec(delete(Metric).where(col(Metric.run_id) == run_id, col(Metric.step) > step))
 
 
@@ -336,6 +332,18 @@ def finished_result(run_dir: Path, plan_hash: str) -> TrainResult | None:
 # --- trainer setup --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A method's optimisation settings, read from the study config once per run."""
+
+    lr: float
+    epochs: float
+    batch: int  # the effective batch (see ``micro_batch``)
+    max_steps: int  # 0: as many as the epochs take
+    warmup: float  # a float below 1 is a fraction of the total steps
+    scheduler: str  # a transformers scheduler name: "cosine", "linear"
+
+
 def micro_batch(batch_size: int) -> tuple[int, int]:
     """(per-device batch, accumulation steps) whose product is exactly ``batch_size``."""
     per_device = max(
@@ -349,13 +357,8 @@ def training_arguments(
     *,
     run_dir: Path,
     seed: int,
-    learning_rate: float,
-    epochs: float,
-    batch_size: int,
-    max_steps: int,
+    schedule: Schedule,
     save_steps: int,
-    warmup: float,
-    scheduler: str,
     ordered: bool = False,
     **extra: Any,
 ) -> Any:
@@ -363,18 +366,18 @@ def training_arguments(
     import torch
 
     cuda = torch.cuda.is_available()
-    per_device, accumulation = micro_batch(batch_size)
+    per_device, accumulation = micro_batch(schedule.batch)
     return config_cls(
         output_dir=str(run_dir / CHECKPOINTS),
         seed=seed,
         data_seed=seed,
-        learning_rate=learning_rate,
-        num_train_epochs=epochs,
-        max_steps=max_steps if max_steps > 0 else -1,
+        learning_rate=schedule.lr,
+        num_train_epochs=schedule.epochs,
+        max_steps=schedule.max_steps if schedule.max_steps > 0 else -1,
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation,
-        warmup_steps=warmup,  # a float below 1 is a fraction of the total steps
-        lr_scheduler_type=scheduler,
+        warmup_steps=schedule.warmup,  # a float below 1 is a fraction of the total steps
+        lr_scheduler_type=schedule.scheduler,
         logging_steps=1,
         save_strategy="steps",
         save_steps=save_steps,
@@ -448,66 +451,3 @@ def score_only_labelled_positions_on_cpu() -> bool:
     use_compact._teachlab_shipped = choose  # type: ignore[attr-defined]
     trl_utils._use_triton = use_compact
     return True
-
-
-def run_training(
-    trainer: Trainer,
-    ctx: StageContext,
-    *,
-    run_dir: Path,
-    plan_hash: str,
-    resume: Path | None,
-    metrics: DbMetricsCallback,
-    db_path: Path | None,
-    run_id: int | None,
-    full_model: bool,
-) -> TrainResult:
-    """Train (resuming when a complete checkpoint exists), then save and hash the result."""
-    from teachlab.models import hash_folder
-
-    resumed_from = _checkpoint_step(resume) if resume is not None else None
-    clear_metrics_after(db_path, run_id, resumed_from or 0)
-    if resume is not None:
-        ctx.log(f"Resuming from {resume.name}.")
-    # Progress and metrics go through ctx and the database, not stdout.
-    trainer.remove_callback(PrinterCallback)
-    score_only_labelled_positions_on_cpu()
-    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    if metrics.cancelled:
-        raise Cancelled(
-            f"Training cancelled at step {trainer.state.global_step}; a checkpoint is kept."
-        )
-
-    out = run_dir / OUTPUT
-    tmp = Path(tempfile.mkdtemp(prefix=f".{OUTPUT}.", dir=run_dir))
-    try:
-        model: Any = trainer.accelerator.unwrap_model(trainer.model)
-        if full_model:
-            model.save_pretrained(tmp, safe_serialization=True)
-            trainer.processing_class.save_pretrained(tmp)  # type: ignore[union-attr]
-            digest = hash_folder(tmp, "*.safetensors")
-        else:
-            # Only the trained adapter: a frozen "ref" copy may sit beside it (see dpo.py).
-            model.save_pretrained(tmp, selected_adapters=["default"])
-            digest = hash_folder(tmp, "adapter_model.safetensors")
-        info = {
-            "fingerprint": plan_hash,
-            "sha256": digest,
-            "global_step": int(trainer.state.global_step),
-            "metrics": metrics.last,
-            "full_model": full_model,
-        }
-        _write_durably(tmp / INFO_FILE, json.dumps(info, indent=2))
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{OUTPUT}.old.", dir=run_dir))
-            os.replace(out, old / OUTPUT)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)  # the result supersedes them
-    ctx.log(f"Saved {'model' if full_model else 'adapter'} {digest[:12]} to {out}.")
-    return TrainResult(
-        out, digest, int(trainer.state.global_step), dict(metrics.last), resumed_from, full_model
-    )

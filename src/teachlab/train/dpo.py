@@ -13,28 +13,20 @@ fine-tuning: a second copy of the base (with ``adapter_in`` merged). Never a res
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from teachlab.config import StudyConfig
 from teachlab.jobs.context import StageContext
 from teachlab.train.common import (
-    CompleteMarker,
-    DbMetricsCallback,
+    Schedule,
     TrainResult,
-    check_lengths,
     completion_ids,
-    context_limit,
     encode_prompt,
-    fingerprint,
-    finished_result,
-    lora_config,
-    prepare_checkpoints,
     require_fields,
-    run_training,
-    training_arguments,
-    training_plan,
 )
+from teachlab.train.routine import Method, build_trainer, train
 
 WARMUP = 0.1  # paper: 10% warm-up, cosine decay
 SCHEDULER = "cosine"
@@ -56,8 +48,8 @@ def tokenize_pairs(tokenizer: Any, pairs: list[dict[str, Any]]) -> list[dict[str
     ]
 
 
-def _trainer_class() -> type:
-    from trl import DPOTrainer
+def _classes() -> tuple[type, type]:
+    from trl import DPOConfig, DPOTrainer
 
     class ExactDPOTrainer(DPOTrainer):
         """A DPOTrainer that trains on the token ids it is given, unchanged."""
@@ -68,7 +60,48 @@ def _trainer_class() -> type:
                 raise TypeError(f"ExactDPOTrainer needs pre-tokenised {sorted(needed)} columns.")
             return dataset
 
-    return ExactDPOTrainer
+    return DPOConfig, ExactDPOTrainer
+
+
+def _with_reference(
+    model: Any, base_ref: str, adapter_in: str | None, *, lora: bool
+) -> tuple[Any, dict[str, Any]]:
+    """The policy and its reference model (the rules are in this module's docstring)."""
+    from teachlab.models import load
+
+    ref_model: Any = None  # LoRA: trl disables the adapter, or uses its frozen "ref" copy
+    if not lora:
+        ref_model = load(base_ref, adapter_in).model
+        if adapter_in:  # full fine-tuning continues from the merged weights
+            model, ref_model = model.merge_and_unload(), ref_model.merge_and_unload()
+    return model, {"ref_model": ref_model}
+
+
+def dpo_method(config: StudyConfig, *, ordered: bool = False) -> Method:
+    """DPO as the training routine runs it; ``ordered`` keeps the pairs' order (curriculum)."""
+    training = f"LoRA r={config.lora_r}" if config.lora else "full fine-tuning"
+    return Method(
+        kind="dpo",
+        noun="pairs",
+        tokenize=tokenize_pairs,
+        # Prompt + chosen and prompt + rejected are each one sequence: the longer must fit.
+        length=lambda r: len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])),
+        hashed=lambda r: (r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]),
+        schedule=Schedule(
+            lr=config.dpo_lr,
+            epochs=config.dpo_epochs,
+            batch=config.dpo_batch_size,
+            max_steps=config.dpo_max_steps,
+            warmup=WARMUP,
+            scheduler=SCHEDULER,
+        ),
+        models=partial(_with_reference, lora=config.lora),
+        classes=_classes,
+        started="DPO on {rows} pairs (longest {longest} of {limit} tokens), " + training + ".",
+        reused="DPO already finished in {run_dir}; reusing adapter {sha}.",
+        settings={"beta": config.dpo_beta, "ordered": ordered},
+        arguments={"beta": config.dpo_beta, "ordered": ordered, "precompute_ref_log_probs": False},
+    )
 
 
 def build_dpo_trainer(
@@ -84,46 +117,15 @@ def build_dpo_trainer(
     ordered: bool = False,
 ) -> Any:
     """A DPO trainer over pre-tokenised rows (see ``tokenize_pairs``); nothing trained yet."""
-    from datasets import Dataset
-    from transformers import set_seed
-    from trl import DPOConfig
-
-    from teachlab.models import load
-
-    # Seed before the model is built: LoRA's A matrices are initialised randomly.
-    set_seed(ctx.seed)
-    loaded = load(base_ref, adapter_in, trainable=True)
-    model: Any = loaded.model
-    tokenizer = loaded.tokenizer
-    peft_config = lora_config(config.lora_r) if config.lora and not adapter_in else None
-    ref_model: Any = None  # LoRA: trl disables the adapter, or uses its frozen "ref" copy
-    if not config.lora:
-        ref_model = load(base_ref, adapter_in).model
-        if adapter_in:  # full fine-tuning continues from the merged weights
-            model, ref_model = model.merge_and_unload(), ref_model.merge_and_unload()
-    args = training_arguments(
-        DPOConfig,
+    return build_trainer(
+        dpo_method(config, ordered=ordered),
+        ctx,
+        base_ref=base_ref,
+        adapter_in=adapter_in,
+        rows=rows,
+        config=config,
         run_dir=run_dir,
-        seed=ctx.seed,
-        learning_rate=config.dpo_lr,
-        epochs=config.dpo_epochs,
-        batch_size=config.dpo_batch_size,
-        max_steps=config.dpo_max_steps,
-        save_steps=config.save_steps,
-        warmup=WARMUP,
-        scheduler=SCHEDULER,
-        ordered=ordered,
-        beta=config.dpo_beta,
-        max_length=max_length,  # every row was checked to fit: the collator never truncates
-        precompute_ref_log_probs=False,
-    )
-    return _trainer_class()(
-        model=model,
-        ref_model=ref_model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=peft_config,
+        max_length=max_length,
         callbacks=callbacks,
     )
 
@@ -136,7 +138,6 @@ def train_dpo(
     pairs: list[dict[str, Any]],
     config: StudyConfig,
     run_dir: Path,
-    db_path: Path | None,
     run_id: int | None,
     max_length: int | None = None,
     ordered: bool = False,
@@ -147,64 +148,14 @@ def train_dpo(
     before anything is trained. ``ordered`` keeps the pairs' order (curriculum) instead of
     shuffling. Raises ``Cancelled`` (with a checkpoint kept) when the run is cancelled.
     """
-    from transformers import AutoTokenizer
-
-    from teachlab.models import fetch
-
-    run_dir = Path(run_dir)
-    folder = fetch(base_ref)
-    rows = tokenize_pairs(AutoTokenizer.from_pretrained(folder), pairs)
-    limit = max_length or context_limit(folder)
-    lengths = [
-        len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows
-    ]
-    check_lengths(lengths, limit, "pairs")
-    ids = [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in rows]
-    plan = training_plan(
-        "dpo",
-        base_ref,
-        adapter_in,
-        seed=ctx.seed,
-        lr=config.dpo_lr,
-        beta=config.dpo_beta,
-        epochs=config.dpo_epochs,
-        batch=config.dpo_batch_size,
-        max_steps=config.dpo_max_steps,
-        lora=config.lora,
-        lora_r=config.lora_r,
-        max_length=limit,
-        ordered=ordered,
-    )
-    plan_hash = fingerprint(plan, ids)
-    done = finished_result(run_dir, plan_hash)
-    if done is not None:
-        ctx.log(f"DPO already finished in {run_dir}; reusing adapter {done.adapter_sha256[:12]}.")
-        return done
-    resume = prepare_checkpoints(run_dir, plan_hash)
-    ctx.log(
-        f"DPO on {len(rows)} pairs (longest {max(lengths)} of {limit} tokens), "
-        f"{'LoRA r=' + str(config.lora_r) if config.lora else 'full fine-tuning'}."
-    )
-    metrics = DbMetricsCallback(ctx, db_path, run_id)
-    trainer = build_dpo_trainer(
+    return train(
+        dpo_method(config, ordered=ordered),
         ctx,
         base_ref=base_ref,
         adapter_in=adapter_in,
-        rows=rows,
+        data=pairs,
         config=config,
         run_dir=run_dir,
-        max_length=limit,
-        callbacks=[metrics, CompleteMarker(ctx, db_path, run_id)],
-        ordered=ordered,
-    )
-    return run_training(
-        trainer,
-        ctx,
-        run_dir=run_dir,
-        plan_hash=plan_hash,
-        resume=resume,
-        metrics=metrics,
-        db_path=db_path,
         run_id=run_id,
-        full_model=not config.lora,
+        max_length=max_length,
     )

@@ -8,28 +8,20 @@ Paper: lr 2e-5, 1 epoch, 3% warm-up, linear decay.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from teachlab.config import StudyConfig
 from teachlab.jobs.context import StageContext
 from teachlab.train.common import (
-    CompleteMarker,
-    DbMetricsCallback,
+    Schedule,
     TrainResult,
-    check_lengths,
     completion_ids,
-    context_limit,
     encode_prompt,
-    fingerprint,
-    finished_result,
-    lora_config,
-    prepare_checkpoints,
     require_fields,
-    run_training,
-    training_arguments,
-    training_plan,
 )
+from teachlab.train.routine import Method, train
 
 WARMUP = 0.03
 SCHEDULER = "linear"
@@ -49,50 +41,42 @@ def tokenize_examples(tokenizer: Any, examples: list[dict[str, Any]]) -> list[di
     return rows
 
 
-def build_sft_trainer(
-    ctx: StageContext,
-    *,
-    base_ref: str,
-    adapter_in: str | None,
-    rows: list[dict[str, Any]],
-    config: StudyConfig,
-    run_dir: Path,
-    max_length: int,
-    callbacks: list[Any] | None = None,
-) -> Any:
-    """An SFT trainer over pre-tokenised rows (see ``tokenize_examples``); nothing trained yet."""
-    from datasets import Dataset
-    from transformers import set_seed
+def _classes() -> tuple[type, type]:
     from trl import SFTConfig, SFTTrainer
 
-    from teachlab.models import load
+    return SFTConfig, SFTTrainer
 
-    set_seed(ctx.seed)  # before the model is built: LoRA's A matrices are random
-    loaded = load(base_ref, adapter_in, trainable=True)
-    model: Any = loaded.model
-    if adapter_in and not config.lora:
+
+def _merged(
+    model: Any, base_ref: str, adapter_in: str | None, *, lora: bool
+) -> tuple[Any, dict[str, Any]]:
+    """The student to train: full fine-tuning continues from ``adapter_in`` merged in."""
+    if adapter_in and not lora:
         model = model.merge_and_unload()
-    args = training_arguments(
-        SFTConfig,
-        run_dir=run_dir,
-        seed=ctx.seed,
-        learning_rate=config.sft_lr,
-        epochs=config.sft_epochs,
-        batch_size=config.sft_batch_size,
-        max_steps=config.sft_max_steps,
-        save_steps=config.save_steps,
-        warmup=WARMUP,
-        scheduler=SCHEDULER,
-        max_length=max_length,  # every row was checked to fit: nothing is truncated
-        packing=False,
-    )
-    return SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=loaded.tokenizer,
-        peft_config=lora_config(config.lora_r) if config.lora and not adapter_in else None,
-        callbacks=callbacks,
+    return model, {}
+
+
+def sft_method(config: StudyConfig) -> Method:
+    """SFT as the training routine runs it."""
+    return Method(
+        kind="sft",
+        noun="examples",
+        tokenize=tokenize_examples,
+        length=lambda row: len(row["input_ids"]),
+        hashed=lambda row: row["input_ids"] + row["labels"],
+        schedule=Schedule(
+            lr=config.sft_lr,
+            epochs=config.sft_epochs,
+            batch=config.sft_batch_size,
+            max_steps=config.sft_max_steps,
+            warmup=WARMUP,
+            scheduler=SCHEDULER,
+        ),
+        models=partial(_merged, lora=config.lora),
+        classes=_classes,
+        started="SFT on {rows} examples (longest {longest} of {limit} tokens).",
+        reused="SFT already finished in {run_dir}; reusing {sha}.",
+        arguments={"packing": False},
     )
 
 
@@ -104,7 +88,6 @@ def train_sft(
     examples: list[dict[str, Any]],
     config: StudyConfig,
     run_dir: Path,
-    db_path: Path | None,
     run_id: int | None,
     max_length: int | None = None,
 ) -> TrainResult:
@@ -114,55 +97,14 @@ def train_sft(
     that adapter. Raises ConfigError before training when an example exceeds ``max_length``
     (default: the model's context), ``Cancelled`` (checkpoint kept) when cancelled.
     """
-    from transformers import AutoTokenizer
-
-    from teachlab.models import fetch
-
-    run_dir = Path(run_dir)
-    folder = fetch(base_ref)
-    rows = tokenize_examples(AutoTokenizer.from_pretrained(folder), examples)
-    limit = max_length or context_limit(folder)
-    lengths = [len(r["input_ids"]) for r in rows]
-    check_lengths(lengths, limit, "examples")
-    plan = training_plan(
-        "sft",
-        base_ref,
-        adapter_in,
-        seed=ctx.seed,
-        lr=config.sft_lr,
-        epochs=config.sft_epochs,
-        batch=config.sft_batch_size,
-        max_steps=config.sft_max_steps,
-        lora=config.lora,
-        lora_r=config.lora_r,
-        max_length=limit,
-    )
-    plan_hash = fingerprint(plan, (r["input_ids"] + r["labels"] for r in rows))
-    done = finished_result(run_dir, plan_hash)
-    if done is not None:
-        ctx.log(f"SFT already finished in {run_dir}; reusing {done.adapter_sha256[:12]}.")
-        return done
-    resume = prepare_checkpoints(run_dir, plan_hash)
-    ctx.log(f"SFT on {len(rows)} examples (longest {max(lengths)} of {limit} tokens).")
-    metrics = DbMetricsCallback(ctx, db_path, run_id)
-    trainer = build_sft_trainer(
+    return train(
+        sft_method(config),
         ctx,
         base_ref=base_ref,
         adapter_in=adapter_in,
-        rows=rows,
+        data=examples,
         config=config,
         run_dir=run_dir,
-        max_length=limit,
-        callbacks=[metrics, CompleteMarker(ctx, db_path, run_id)],
-    )
-    return run_training(
-        trainer,
-        ctx,
-        run_dir=run_dir,
-        plan_hash=plan_hash,
-        resume=resume,
-        metrics=metrics,
-        db_path=db_path,
         run_id=run_id,
-        full_model=not config.lora,
+        max_length=max_length,
     )
