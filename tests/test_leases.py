@@ -179,3 +179,31 @@ def test_an_old_lease_object_cannot_write_a_new_run(db_path: Path) -> None:
     """A lease names its run and generation; a made-up one matches nothing."""
     with pytest.raises(LeaseLost):
         runs.set_progress(Lease(987654, 1), 1, 1, "nobody")
+
+
+def test_a_stages_rows_commit_only_while_its_lease_holds(study_round: tuple[int, int]) -> None:
+    """Rows written through ``ctx.write()`` renew the lease in the same transaction: after a
+    takeover the old executor's write raises and leaves no row."""
+    from teachlab.db import Metric
+
+    study, rnd = study_round
+    run = runs.create_run(study, "check", round_id=rnd)
+    outcome: list[str] = []
+
+    def writes_across_a_takeover(ctx: Any, run: Run) -> dict[str, Any]:
+        with ctx.write() as s:
+            s.add(Metric(run_id=run.id, step=1, name="mine", value=1.0))
+        age(run.id, runs.STALE_AFTER_S + 5)  # type: ignore[arg-type]
+        assert runs.claim(run.id) is not None  # type: ignore[arg-type]
+        try:
+            with ctx.write() as s:
+                s.add(Metric(run_id=run.id, step=2, name="mine", value=2.0))
+        except LeaseLost:
+            outcome.append("refused")
+            raise
+        return {}
+
+    execute(run.id, {"check": Stage("check", writes_across_a_takeover, "")})  # type: ignore[arg-type]
+    assert outcome == ["refused"]
+    with read_session() as s:
+        assert [m.step for m in s.exec(select(Metric))] == [1]

@@ -7,7 +7,8 @@ or deletes an event.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,15 +216,21 @@ def _key(level: str, a: int | None, b: int | None) -> tuple[str, frozenset[int |
     return (level, frozenset((a, b)))
 
 
-def store_pairs(round_id: int, specs: Iterable[PairSpec]) -> int:
+def store_pairs(
+    round_id: int,
+    specs: Iterable[PairSpec],
+    *,
+    writer: Callable[[], AbstractContextManager[Session]] = write_session,
+) -> int:
     """Insert automatic pairs (proposed, version 1); returns how many were new.
 
     Idempotent: a pair over the same two drafts at the same level is never stored twice, in
     either order, so a resumed pair stage skips what is stored and keeps human decisions. No
     audit event is written: the row itself records the automatic proposal, and the first
-    decision's ``before`` keeps that state for undo.
+    decision's ``before`` keeps that state for undo. ``writer``: the session to write in (a
+    stage passes its run's fenced one).
     """
-    with write_session() as session:
+    with writer() as session:
         rows = session.exec(
             select(Pair.level, Pair.chosen_draft_id, Pair.rejected_draft_id).where(
                 Pair.round_id == round_id

@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from sqlmodel import Session
+
     from teachlab.db import Run
 
 log = logging.getLogger("teachlab")
@@ -36,6 +39,11 @@ class StageContext(Protocol):
 
     def provenance(self, extra: dict[str, Any]) -> None:
         """Record model and adapter hashes (and the like) with the run."""
+        ...
+
+    def write(self) -> AbstractContextManager[Session]:
+        """A write session for the stage's results that commits only while the run is still
+        this executor's (a taken-over executor writes nothing)."""
         ...
 
 
@@ -78,3 +86,8 @@ class LocalContext:
 
     def provenance(self, extra: dict[str, Any]) -> None:
         self.recorded.update(extra)
+
+    def write(self) -> AbstractContextManager[Session]:
+        from teachlab.db import write_session
+
+        return write_session()

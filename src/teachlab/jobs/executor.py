@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from teachlab.db import Run
+from sqlmodel import Session
+
+from teachlab.db import Run, write_session
 from teachlab.errors import JobError, TeachlabError, explain
 from teachlab.jobs import runs
 from teachlab.jobs.context import Cancelled, StageTable
@@ -74,6 +77,14 @@ class RunContext:
     def provenance(self, extra: dict[str, Any]) -> None:
         """Record model and adapter hashes (and the like) with the run."""
         runs.update_provenance(self.lease, extra)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write session that first renews this executor's lease in the same transaction:
+        the stage's rows commit only while the run is still ours (LeaseLost otherwise)."""
+        with write_session() as session:
+            runs.hold(session, self.lease)
+            yield session
 
 
 def execute(

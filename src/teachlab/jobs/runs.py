@@ -232,6 +232,12 @@ def _fenced(session: Session, lease: Lease, **values: Any) -> None:
         )
 
 
+def hold(session: Session, lease: Lease) -> None:
+    """Renew ``lease`` inside ``session``'s write transaction (BEGIN IMMEDIATE: no takeover can
+    commit in between), so what the session writes next commits only while the lease holds."""
+    _fenced(session, lease, heartbeat_at=utcnow())
+
+
 def heartbeat(lease: Lease) -> bool:
     """Refresh the lease; returns True when cancellation was requested (LeaseLost if lost)."""
     with write_session() as session:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from teachlab.db import ProbeResult, Run, SignalCheck, queries, read_session, write_session
+from teachlab.db import ProbeResult, Run, SignalCheck, queries, read_session
 from teachlab.jobs.context import StageContext
 from teachlab.rounds import load_round
 from teachlab.stages.probes import ensure_probes
@@ -202,7 +202,7 @@ def stage_check(ctx: StageContext, run: Run) -> dict[str, Any]:
     }
     verdict = results[metric].verdict
     assert verdict is not None  # signal_check always sets it
-    with write_session() as session:
+    with ctx.write() as session:
         session.add(
             SignalCheck(
                 round_id=loaded.id,

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from teachlab import prompts
 from teachlab.backends.base import ChoosingBackend, GenerationBackend, GenRequest
-from teachlab.db import Draft, Round, Run, queries, read_session, write_session
+from teachlab.db import Draft, Round, Run, queries, read_session
 from teachlab.drafting import (
     ERASED_STRATEGY,
     PHASES,
@@ -90,7 +90,7 @@ def _adapter_hash(backend: GenerationBackend, rnd: Round) -> str | None:
 def _store(ctx: StageContext, rows: list[Draft]) -> bool:
     """Write one completion's rows in their own transaction; False if already stored."""
     try:
-        with write_session() as session:
+        with ctx.write() as session:
             session.add_all(rows)
     except IntegrityError:
         # Another run stored this key first (a duplicate worker); its rows stand.

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlmodel import select
 
-from teachlab.db import Evaluation, Run, read_session, write_session
+from teachlab.db import Evaluation, Run, read_session
 from teachlab.jobs.context import StageContext
 from teachlab.rounds import load_round, stage_result
 
@@ -49,7 +49,7 @@ def stage_evaluate(ctx: StageContext, run: Run) -> dict[str, Any]:
         acc, low, high = accuracy_ci(
             [o.correct for o in outcomes], n_resamples=cfg.bootstrap, seed=loaded.study.seed
         )
-        with write_session() as session:
+        with ctx.write() as session:
             session.add(
                 Evaluation(
                     round_id=loaded.id,

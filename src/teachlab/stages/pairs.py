@@ -74,6 +74,6 @@ def stage_pairs(ctx: StageContext, run: Run) -> dict[str, Any]:
         baseline=baseline_score(loaded.id, cfg.scorer, margin=cfg.pair_metric == "margin"),
         label_balanced=cfg.label_balanced,
     )
-    stored = review.store_pairs(loaded.id, specs)
+    stored = review.store_pairs(loaded.id, specs, writer=ctx.write)
     ctx.progress(1, 1, f"{len(specs)} pairs ({stored} new)")
     return {"pairs": len(specs), "new": stored, "label_mix": pairs.label_mix(specs)}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from teachlab.db import Study, write_session
+from teachlab.db import Study
 from teachlab.errors import DataError
 from teachlab.rounds import LoadedRound, probes_for
 
@@ -76,6 +76,7 @@ def select_probes_irt(ctx: StageContext, study: Study, task: Task, n_probe: int)
     fit = fit_2pl(matrix, seed=study.seed)
     chosen = sorted(pool[j] for j in select_items(fit, n_probe))
     save_probes(
+        ctx,
         study.id,  # type: ignore[arg-type]
         chosen,
         {
@@ -89,8 +90,8 @@ def select_probes_irt(ctx: StageContext, study: Study, task: Task, n_probe: int)
     return chosen
 
 
-def save_probes(study_id: int, probe: list[int], info: dict[str, Any]) -> None:
-    with write_session() as session:
+def save_probes(ctx: StageContext, study_id: int, probe: list[int], info: dict[str, Any]) -> None:
+    with ctx.write() as session:
         study = session.get(Study, study_id)
         if study is None:
             raise DataError(f"Study #{study_id} vanished while its probes were chosen.")

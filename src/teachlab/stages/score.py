@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from teachlab.db import Draft, ProbeResult, Run, queries, read_session, write_session
+from teachlab.db import Draft, ProbeResult, Run, queries, read_session
 from teachlab.jobs.context import StageContext
 from teachlab.rounds import load_round
 from teachlab.stages.probes import ensure_probes
@@ -45,7 +45,7 @@ def stage_score(ctx: StageContext, run: Run) -> dict[str, Any]:
         student.model, student.tokenizer, loaded.task.description, loaded.probes("probe"), mode=mode
     )
     if queries.BASELINE not in done:  # the zero-shot baseline, once per round
-        store_outcomes(loaded.id, None, mode, scorer.score([]))
+        store_outcomes(ctx, loaded.id, None, mode, scorer.score([]))
     for i, d in enumerate(todo, 1):
         ctx.check_cancelled()
         q = questions.get(d.parent_id)
@@ -55,16 +55,19 @@ def stage_score(ctx: StageContext, run: Run) -> dict[str, Any]:
             question=q.input or "", answer=d.answer or q.target or "", rationale=d.rationale
         )
         outcomes = scorer.score([demo])
-        store_outcomes(loaded.id, d.id, mode, outcomes, accuracy(outcomes), mean_margin(outcomes))
+        store_outcomes(
+            ctx, loaded.id, d.id, mode, outcomes, accuracy(outcomes), mean_margin(outcomes)
+        )
         ctx.progress(
             total - len(todo) + i, total, f"scored draft #{d.id}: {accuracy(outcomes):.2f}"
         )
-    score_questions(loaded.id)
+    score_questions(ctx, loaded.id)
     baseline = baseline_score(loaded.id, mode)
     return {"scored": len(todo), "total": len(rationales), "baseline": baseline, "mode": mode}
 
 
 def store_outcomes(
+    ctx: StageContext,
     round_id: int,
     draft_id: int | None,
     mode: str,
@@ -73,7 +76,7 @@ def store_outcomes(
     margin: float | None = None,
 ) -> None:
     """One demonstration's probe results, and its scores on its draft, in one transaction."""
-    with write_session() as session:
+    with ctx.write() as session:
         for o in outcomes:
             session.add(
                 ProbeResult(
@@ -95,9 +98,9 @@ def store_outcomes(
                 session.add(d)
 
 
-def score_questions(round_id: int) -> None:
+def score_questions(ctx: StageContext, round_id: int) -> None:
     """Question score = mean of its scored rationales' scores (and margins)."""
-    with write_session() as session:
+    with ctx.write() as session:
         scored = session.exec(
             queries.drafts(round_id, kind="rationale", phase="draft", scored=True)
         ).all()

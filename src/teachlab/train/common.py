@@ -173,10 +173,10 @@ class DbMetricsCallback(TrainerCallback):
             return
         from sqlalchemy.exc import OperationalError
 
-        from teachlab.db import Metric, write_session
+        from teachlab.db import Metric
 
         try:
-            with write_session() as session:
+            with self.ctx.write() as session:  # only while the run is still ours
                 for step, name, value in self._pending:
                     session.add(Metric(run_id=self.run_id, step=step, name=name, value=value))
         except OperationalError as exc:
@@ -203,10 +203,10 @@ class CompleteMarker(TrainerCallback):
             # The marker on disk is the truth; Run.checkpoint only shows it in the UI.
             from sqlalchemy.exc import OperationalError
 
-            from teachlab.db import Run, write_session
+            from teachlab.db import Run
 
             try:
-                with write_session() as session:
+                with self.ctx.write() as session:
                     run = session.get(Run, self.run_id)
                     if run is not None:
                         run.checkpoint = str(folder)
@@ -294,15 +294,15 @@ def prepare_checkpoints(run_dir: Path, plan_hash: str) -> Path | None:
     return latest
 
 
-def clear_metrics_after(run_id: int | None, step: int) -> None:
+def clear_metrics_after(ctx: StageContext, run_id: int | None, step: int) -> None:
     """Delete a run's metrics past ``step``: those steps are about to be trained again."""
     if run_id is None:
         return
     from sqlmodel import col, delete
 
-    from teachlab.db import Metric, write_session
+    from teachlab.db import Metric
 
-    with write_session() as session:
+    with ctx.write() as session:
         session.exec(delete(Metric).where(col(Metric.run_id) == run_id, col(Metric.step) > step))
 
 

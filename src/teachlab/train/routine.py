@@ -214,7 +214,7 @@ def run_training(
     from teachlab.models import hash_folder
 
     resumed_from = checkpoint_step(resume) if resume is not None else None
-    clear_metrics_after(run_id, resumed_from or 0)
+    clear_metrics_after(ctx, run_id, resumed_from or 0)
     if resume is not None:
         ctx.log(f"Resuming from {resume.name}.")
     # Progress and metrics go through ctx and the database, not stdout.
