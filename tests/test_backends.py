@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from teachlab.backends import GenRequest, cut_at_stop, make_backend
-from teachlab.backends.hf import batch_seed, plan_batches
+from teachlab.backends.hf import batch_seed, request_batches
 from teachlab.backends.openai_compat import OpenAIBackend
 from teachlab.errors import ConfigError, ModelError
 
@@ -28,7 +28,7 @@ def _req(key: str, t: float = 0.7, n: int = 8, seed: int = 0, prompt: str = "p")
 
 def test_batches_group_by_sampling_settings_and_keep_request_order() -> None:
     requests = [_req("a"), _req("b", t=0.0), _req("c"), _req("d"), _req("e", n=4), _req("f")]
-    batches = plan_batches(requests, batch_size=2)
+    batches = request_batches(requests, batch_size=2)
     assert [[r.key for r in b] for b in batches] == [["a", "c"], ["d", "f"], ["b"], ["e"]]
 
 
@@ -301,7 +301,7 @@ def test_left_padded_batch_matches_single_stream_greedy_and_stops(teacher: Any) 
 @pytest.mark.slow
 def test_choose_ranks_options_by_their_log_probability(teacher: Any) -> None:
     from teachlab.backends.base import ChoosingBackend
-    from teachlab.backends.hf import prompt_token_ids
+    from teachlab.prompts import prompt_token_ids
     from teachlab.score.loglik import loglik_reference
 
     backend = make_backend("transformers", teacher.ref, loaded=teacher)
@@ -324,7 +324,7 @@ def test_choose_ranks_options_by_their_log_probability(teacher: Any) -> None:
 def test_sampling_draws_from_the_softmax_at_the_temperature() -> None:
     import torch
 
-    from teachlab.backends.hf import sample_tokens
+    from teachlab.decoding import sample_tokens
 
     torch.manual_seed(0)
     vocab = 1300  # blocks of 512: two full ones and a padded last one
@@ -343,7 +343,7 @@ def test_sampling_draws_from_the_softmax_at_the_temperature() -> None:
 def test_sampling_at_temperature_zero_is_the_argmax() -> None:
     import torch
 
-    from teachlab.backends.hf import sample_tokens
+    from teachlab.decoding import sample_tokens
 
     logits = torch.randn(6, 70000)
     assert torch.equal(sample_tokens(logits, 0.0), logits.argmax(-1))

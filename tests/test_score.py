@@ -123,14 +123,18 @@ def test_scorer_rejects_bad_input_before_touching_the_model() -> None:
 
 
 def test_plan_batches_buckets_by_length_within_the_memory_budget() -> None:
-    from teachlab.score.engine import plan_batches
+    from teachlab.decoding import plan_batches
 
     lengths = [5, 50, 7, 48, 6, 49, 4]
-    assert plan_batches(lengths, 3, 0, 10**9, 1) == [[1, 5, 3], [2, 4, 0], [6]]
+    assert plan_batches(lengths, 3, budget_bytes=10**9, kv_bytes=1) == [[1, 5, 3], [2, 4, 0], [6]]
     # 100 context tokens at 1 byte each: 320 bytes fit two rows of ~150 tokens, three of 106.
-    assert plan_batches(lengths, 3, 100, 320, 1) == [[1, 5], [3, 2], [4, 0, 6]]
+    assert plan_batches(lengths, 3, context=100, budget_bytes=320, kv_bytes=1) == [
+        [1, 5],
+        [3, 2],
+        [4, 0, 6],
+    ]
     # A row that alone exceeds the budget still runs, on its own.
-    assert plan_batches([500], 3, 100, 320, 1) == [[0]]
+    assert plan_batches([500], 3, context=100, budget_bytes=320, kv_bytes=1) == [[0]]
 
 
 def test_candidates_are_packed_as_a_prefix_tree() -> None:
@@ -362,7 +366,7 @@ def test_caches_pass_under_the_keyword_the_model_takes(student: Any) -> None:
     import inspect
     import warnings
 
-    from teachlab.score.engine import encode_prefix, with_cache
+    from teachlab.decoding import encode_prefix, with_cache
 
     (keyword,) = with_cache(student.model, None)
     assert keyword in inspect.signature(type(student.model).forward).parameters

@@ -408,3 +408,14 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, str]], prefill: 
         except Exception:
             raise exc from None
     return text + prefill
+
+
+def prompt_token_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a stored prompt, adding BOS only when the chat template did not.
+
+    Base-model templates (gemma's plain one) emit no BOS and the model needs one; templates
+    that start with BOS must not get a second. Trainers should tokenize prompts the same way.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and prompt.startswith(bos))
+    return list(tokenizer(prompt, add_special_tokens=add_special)["input_ids"])

@@ -64,7 +64,7 @@ class VLLMBackend:
     def generate(self, requests: Sequence[GenRequest]) -> Iterator[tuple[GenRequest, str]]:
         from vllm import SamplingParams
 
-        from teachlab.backends.hf import prompt_token_ids
+        from teachlab.prompts import prompt_token_ids
 
         for start in range(0, len(requests), CHUNK):
             chunk = requests[start : start + CHUNK]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from teachlab.score.engine import (
+from teachlab.decoding import (
     device_of,
     encode_prefix,
     kv_bytes_per_token,
@@ -135,7 +135,10 @@ def _tree(
     packed = [_pack(q, r.candidates, context) for q, r in zip(questions, results, strict=True)]
     lengths = [len(p.ids) for p in packed]
     kv_bytes = kv_bytes_per_token(model)
-    for batch in plan_batches(lengths, batch_size, context, budget_bytes, kv_bytes):
+    batches = plan_batches(
+        lengths, batch_size, budget_bytes=budget_bytes, context=context, kv_bytes=kv_bytes
+    )
+    for batch in batches:
         width = max(lengths[i] for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         positions = torch.zeros((len(batch), width), dtype=torch.long)
@@ -196,7 +199,10 @@ def _two_stage(
     kv_bytes = kv_bytes_per_token(model)
     longest = max(len(c) for r in results for c in r.candidates)
     lengths = [len(q) for q in questions]
-    for batch in plan_batches(lengths, batch_size, context, budget_bytes, kv_bytes):
+    batches = plan_batches(
+        lengths, batch_size, budget_bytes=budget_bytes, context=context, kv_bytes=kv_bytes
+    )
+    for batch in batches:
         rows = torch.zeros(len(batch), dtype=torch.long, device=device)
         cache = select_rows(base, rows)
         ids, attention, positions = suffix_batch(

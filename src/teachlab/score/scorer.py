@@ -115,15 +115,18 @@ class Scorer:
         self.candidate_ids = (
             [self.builder.candidate_ids(p) for p in self.probes] if mode == "loglik" else []
         )
+        from teachlab.decoding import eos_ids  # here: torch stays out of start-up
+
         self.pad_id = _pad_id(tokenizer)
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
 
     # -- public API ---------------------------------------------------------------------------
 
     def score(self, demos: Sequence[Demo] = ()) -> list[ProbeOutcome]:
         """Fast path: the demonstration prefix is encoded once and its cache reused."""
         # Imported here so torch stays out of the UI's and the CLI's start-up.
-        from teachlab.score import engine, loglik
+        from teachlab import decoding
+        from teachlab.score import loglik
 
         prefix = self.builder.prefix_ids(demos)
         if self.mode == "loglik":
@@ -138,7 +141,7 @@ class Scorer:
                 tree=self.tree_mask,
             )
             return [self._loglik_outcome(p, r) for p, r in zip(self.probes, results, strict=True)]
-        tokens = engine.generate_batched(
+        tokens = decoding.generate_batched(
             self.model,
             prefix,
             self.question_ids,
@@ -153,7 +156,8 @@ class Scorer:
 
     def score_reference(self, demos: Sequence[Demo] = ()) -> list[ProbeOutcome]:
         """Straightforward path: one full forward (or one ``generate``) per item and choice."""
-        from teachlab.score import engine, loglik
+        from teachlab import decoding
+        from teachlab.score import loglik
 
         outcomes = []
         for i, probe in enumerate(self.probes):
@@ -166,7 +170,7 @@ class Scorer:
                 outcomes.append(self._loglik_outcome(probe, result))
             else:
                 ids = self.builder.prompt_ids(demos, probe)
-                new = engine.generate_reference(
+                new = decoding.generate_reference(
                     self.model,
                     self.tokenizer,
                     ids,
@@ -238,17 +242,6 @@ def _pad_id(tokenizer: Any) -> int:
         if value is not None:
             return int(value)
     return 0
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (configured, tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value)
-    return frozenset(ids)
 
 
 __all__ = [
