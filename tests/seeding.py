@@ -8,31 +8,33 @@ Everything goes through the project's own entry points where one exists (``creat
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import tempfile
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import select
 
 from teachlab import review, rounds, studies
-from teachlab.db import (
-    Draft,
-    Evaluation,
-    Metric,
-    ProbeResult,
-    Round,
-    Run,
-    Study,
-    read_session,
-    write_session,
-)
-from teachlab.db.tables import SignalCheck, utcnow
+from teachlab.db import Draft, Round, Study, read_session
+from teachlab.db.tables import utcnow
 from teachlab.pairs import Candidate, build_pairs
 from teachlab.prompts import PLAIN, QUESTION, STRATEGIES
 from teachlab.tasks import Example, list_bigbench, resolve_task, save_uploaded_task
+from tests.builders import (
+    draft,
+    evaluation,
+    metrics,
+    probe_results,
+    rationale,
+    round_,
+    run,
+    signal_check,
+    task_file,
+    update,
+)
 
 BIGBENCH_TASK = "date_understanding"
 STUDENT = "bundled:smollm2-135m-instruct"
@@ -69,9 +71,7 @@ def _upload_task(folder: Path) -> str:
                 "choices": [gold, *wrong],
             }
         )
-    src = folder / "dates.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    save_uploaded_task(src, "dates")
+    save_uploaded_task(task_file(folder, rows, "dates.jsonl").path, "dates")
     return "upload:dates"
 
 
@@ -96,6 +96,71 @@ def _rationale(ex: Example, answer: str, strategy: str, good: bool) -> str:
         others = [c for c in ex.choices if c != answer][:2]
         steps += f" Options {' and '.join(others)} do not match the counting, so they are out."
     return f"{steps} <ans>{answer}</ans>"
+
+
+@dataclass
+class _Rationale:
+    """One invented rationale with the student's invented results on the probe items."""
+
+    strategy: str
+    text: str
+    answer: str
+    score: float
+    margin_score: float
+    marks: str  # "T"/"F" per probe item
+    results: dict[str, list[Any]]  # per probe item: predicted, gold_logprobs, margins
+
+
+def _invent_rationale(
+    ex: Example,
+    examples: tuple[Example, ...],
+    probes: list[int],
+    strategy: str,
+    skill: float,
+    rng: random.Random,
+) -> _Rationale:
+    """A rationale right with probability ``skill``; a right one lifts the student more often."""
+    good = rng.random() < skill
+    answer = ex.target if good else rng.choice(ex.choices[1:] or (ex.target,))
+    hit = 0.25 + (0.35 if good else 0.0)
+    marks = [rng.random() < hit for _ in probes]
+    margin_score = round(rng.uniform(-0.6, 0.6) + (0.3 if good else -0.2), 3)
+    predicted, gold_logprobs, margins = [], [], []
+    for b, right in zip(probes, marks, strict=True):
+        gold = examples[b].target
+        wrong = [c for c in examples[b].choices if c != gold] or [gold]
+        predicted.append(gold if right else rng.choice(wrong))
+        gold_logprobs.append(-rng.uniform(0.2, 2.5))
+        margins.append(rng.uniform(0.05, 1.2) if right else -rng.uniform(0.05, 1.2))
+    return _Rationale(
+        strategy,
+        _rationale(ex, answer, strategy, good),
+        answer,
+        sum(marks) / len(marks),
+        margin_score,
+        "".join("T" if right else "F" for right in marks),
+        {"predicted": predicted, "gold_logprobs": gold_logprobs, "margins": margins},
+    )
+
+
+def _baseline(
+    round_id: int, examples: tuple[Example, ...], probes: list[int], rng: random.Random
+) -> None:
+    """The zero-shot baseline on the probe items (no draft as demonstration)."""
+    predicted, marks, gold_logprobs, margins = [], "", [], []
+    for b in probes:
+        predicted.append(examples[b].target if rng.random() < 0.3 else examples[b].choices[-1])
+        marks += "T" if rng.random() < 0.3 else "F"
+        gold_logprobs.append(-rng.uniform(0.8, 3.0))
+        margins.append(rng.uniform(-1.5, 0.8))
+    probe_results(
+        round_id,
+        marks,
+        indices=probes,
+        predicted=predicted,
+        gold_logprobs=gold_logprobs,
+        margins=margins,
+    )
 
 
 def _round(
@@ -124,128 +189,83 @@ def _round(
         start=len(seeds) + 1,
     )
     strategies = list(STRATEGIES)
-    sampling = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256}
+    by = {
+        "sampling": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256},
+        "teacher": study.teacher,
+        "adapter_hash": adapter,
+    }
     candidates: list[Candidate] = []
-    ids: list[int] = []
-    with write_session() as s:
-        for b in probes:  # the zero-shot baseline: draft_id None
-            s.add(
-                ProbeResult(
-                    round_id=round_id,
-                    probe_index=b,
-                    mode="loglik",
-                    predicted=examples[b].target if rng.random() < 0.3 else examples[b].choices[-1],
-                    correct=rng.random() < 0.3,
-                    gold_logprob=-rng.uniform(0.8, 3.0),
-                    margin=rng.uniform(-1.5, 0.8),
-                )
-            )
-        bad = Draft(
-            round_id=round_id,
-            kind="question",
-            idem_key="q:0:raw",
+    _baseline(round_id, examples, probes, rng)
+    bad = draft(
+        round_id,
+        key="q:0:raw",
+        prompt=q_prompt,
+        raw_output="<Question_4>Tomorrow is Tuesday. Which day was yesterday?</Question_4>",
+        status="rejected",
+        reason="no <input>…</input> and <target>…</target> inside <Question_4>",
+        template_version=QUESTION.tag,
+        **by,
+    )
+    seeded.rejected_draft[round_id] = bad.id  # type: ignore[assignment]
+    ids: list[int] = [bad.id]  # type: ignore[list-item]
+    for q in range(n_questions):
+        ex = examples[pool[(7 * (q + round_id * n_questions)) % len(pool)]]
+        invented = [
+            _invent_rationale(ex, examples, probes, strategies[k % len(strategies)], skill, rng)
+            for k in range(n_rationales)
+        ]
+        question = draft(
+            round_id,
+            key=f"q:{q // 4}:{q % 4}",
             prompt=q_prompt,
-            raw_output="<Question_4>Tomorrow is Tuesday. Which day was yesterday?</Question_4>",
-            status="rejected",
-            reason="no <input>…</input> and <target>…</target> inside <Question_4>",
+            raw_output=f"<input>{ex.input}</input><target>{ex.target}</target>",
+            input=ex.input,
+            target=ex.target,
+            choices=list(ex.choices),
             template_version=QUESTION.tag,
-            sampling=sampling,
-            teacher=study.teacher,
-            adapter_hash=adapter,
+            score=sum(r.score for r in invented) / len(invented),
+            **by,
         )
-        s.add(bad)
-        s.flush()
-        seeded.rejected_draft[round_id] = bad.id  # type: ignore[assignment]
-        ids.append(bad.id)  # type: ignore[arg-type]
-        for q in range(n_questions):
-            ex = examples[pool[(7 * (q + round_id * n_questions)) % len(pool)]]
-            question = Draft(
-                round_id=round_id,
-                kind="question",
-                idem_key=f"q:{q // 4}:{q % 4}",
-                prompt=q_prompt,
-                raw_output=f"<input>{ex.input}</input><target>{ex.target}</target>",
-                input=ex.input,
-                target=ex.target,
-                choices=list(ex.choices),
-                template_version=QUESTION.tag,
-                sampling=sampling,
-                teacher=study.teacher,
-                adapter_hash=adapter,
+        ids.append(question.id)  # type: ignore[arg-type]
+        plain = PLAIN.render(question=ex.input)
+        for k, r in enumerate(invented):
+            made = rationale(
+                question,
+                r.text,
+                r.answer,
+                key=f"r:{question.id}:{r.strategy}:{k}",
+                strategy=r.strategy,
+                prompt=plain,
+                raw_output=r.text,
+                template_version=PLAIN.tag,
+                score=r.score,
+                margin_score=r.margin_score,
+                **by,
             )
-            s.add(question)
-            s.flush()
-            ids.append(question.id)  # type: ignore[arg-type]
-            plain = PLAIN.render(question=ex.input)
-            scores = []
-            for k in range(n_rationales):
-                strategy = strategies[k % len(strategies)]
-                good = rng.random() < skill
-                answer = ex.target if good else rng.choice(ex.choices[1:] or (ex.target,))
-                text = _rationale(ex, answer, strategy, good)
-                hit = 0.25 + (0.35 if good else 0.0)
-                marks = [rng.random() < hit for _ in probes]
-                score = sum(marks) / len(marks)
-                scores.append(score)
-                rationale = Draft(
-                    round_id=round_id,
-                    kind="rationale",
-                    parent_id=question.id,
-                    idem_key=f"r:{question.id}:{strategy}:{k}",
-                    strategy=strategy,
-                    prompt=plain,
-                    raw_output=text,
-                    rationale=text,
-                    answer=answer,
-                    template_version=PLAIN.tag,
-                    sampling=sampling,
-                    teacher=study.teacher,
-                    adapter_hash=adapter,
-                    score=score,
-                    margin_score=round(rng.uniform(-0.6, 0.6) + (0.3 if good else -0.2), 3),
-                )
-                s.add(rationale)
-                s.flush()
-                ids.append(rationale.id)  # type: ignore[arg-type]
-                for b, right in zip(probes, marks, strict=True):
-                    gold = examples[b].target
-                    wrong = [c for c in examples[b].choices if c != gold] or [gold]
-                    s.add(
-                        ProbeResult(
-                            draft_id=rationale.id,
-                            round_id=round_id,
-                            probe_index=b,
-                            mode="loglik",
-                            predicted=gold if right else rng.choice(wrong),
-                            correct=right,
-                            gold_logprob=-rng.uniform(0.2, 2.5),
-                            margin=rng.uniform(0.05, 1.2) if right else -rng.uniform(0.05, 1.2),
-                        )
-                    )
-                candidates.append(
-                    Candidate(
-                        rationale.id,  # type: ignore[arg-type]
-                        plain,
-                        text,
-                        score,
-                        answer,
-                        "rationale",
-                        str(question.id),
-                    )
-                )
-            question.score = sum(scores) / len(scores)
-            s.add(question)
+            ids.append(made.id)  # type: ignore[arg-type]
+            probe_results(round_id, r.marks, draft=made, indices=probes, **r.results)
             candidates.append(
                 Candidate(
-                    question.id,  # type: ignore[arg-type]
-                    q_prompt,
-                    question.raw_output,
-                    question.score,
-                    ex.target,
-                    "question",
-                    q_prompt,
+                    made.id,  # type: ignore[arg-type]
+                    plain,
+                    r.text,
+                    r.score,
+                    r.answer,
+                    "rationale",
+                    str(question.id),
                 )
             )
+        candidates.append(
+            Candidate(
+                question.id,  # type: ignore[arg-type]
+                q_prompt,
+                question.raw_output,
+                question.score,
+                ex.target,
+                "question",
+                q_prompt,
+            )
+        )
     seeded.drafts[round_id] = ids
     specs = build_pairs(candidates, rule, max_per_prompt=12, min_margin=0.1)
     review.store_pairs(round_id, specs)
@@ -260,80 +280,62 @@ def _tailored(round_id: int, adapter: str, skill: float) -> None:
     """What the regenerate stage writes: the aligned teacher's questions and plain-prompt
     rationales, right more often and longer (as DPO tends to make them)."""
     rng = random.Random(round_id)
-    with write_session() as s:
+    with read_session() as s:
         drafted = select(Draft).where(Draft.round_id == round_id, Draft.phase == "draft")
-        for q in s.exec(drafted.where(Draft.kind == "question", Draft.status == "ok")).all():
-            ex = Example(q.input or "", q.target or "", tuple(q.choices))
-            common = {
-                "round_id": round_id,
-                "phase": "tailored",
-                "teacher": q.teacher,
-                "adapter_hash": adapter,
-            }
-            copied = q.model_dump(exclude={"id", "idem_key", "score", "margin_score", "created_at"})
-            question = Draft.model_validate(copied | common | {"idem_key": f"t:{q.idem_key}"})
-            s.add(question)
-            s.flush()
-            good = rng.random() < skill
-            answer = ex.target if good else rng.choice(ex.choices[1:] or (ex.target,))
-            text = _rationale(ex, answer, "plain", good).replace(
-                " <ans>", " Checking the count once more confirms it. <ans>"
-            )
-            s.add(
-                Draft(
-                    kind="rationale",
-                    parent_id=question.id,
-                    idem_key=f"t:r:{question.id}",
-                    prompt=PLAIN.render(question=ex.input),
-                    raw_output=text,
-                    rationale=text,
-                    answer=answer,
-                    template_version=PLAIN.tag,
-                    **common,
-                )
-            )
+        questions = s.exec(drafted.where(Draft.kind == "question", Draft.status == "ok")).all()
+    own = {"id", "round_id", "kind", "parent_id", "idem_key", "score", "margin_score", "created_at"}
+    for q in questions:
+        ex = Example(q.input or "", q.target or "", tuple(q.choices))
+        by = {"phase": "tailored", "teacher": q.teacher, "adapter_hash": adapter}
+        question = draft(round_id, key=f"t:{q.idem_key}", **(q.model_dump(exclude=own) | by))
+        good = rng.random() < skill
+        answer = ex.target if good else rng.choice(ex.choices[1:] or (ex.target,))
+        text = _rationale(ex, answer, "plain", good).replace(
+            " <ans>", " Checking the count once more confirms it. <ans>"
+        )
+        rationale(
+            question,
+            text,
+            answer,
+            key=f"t:r:{question.id}",
+            prompt=PLAIN.render(question=ex.input),
+            raw_output=text,
+            template_version=PLAIN.tag,
+            teacher=q.teacher,
+            adapter_hash=adapter,
+        )
 
 
 def _run(
-    seeded: Seeded,
-    study_id: int,
-    round_id: int,
-    index: int,
-    kind: str,
-    minutes: float,
-    ago_h: float,
-    total: int,
+    seeded: Seeded, round_id: int, index: int, kind: str, minutes: float, ago_h: float, total: int
 ) -> int:
     start = utcnow() - timedelta(hours=ago_h)
-    with write_session() as s:
-        run = Run(
-            study_id=study_id,
-            round_id=round_id,
-            kind=kind,
-            status="succeeded",
-            progress_done=total,
-            progress_total=total,
-            message="done",
-            attempts=1,
-            requested_by="admin",
-            created_at=start,
-            started_at=start,
-            finished_at=start + timedelta(minutes=minutes),
-        )
-        s.add(run)
-        s.flush()
-        seeded.runs[f"{kind}-r{index}"] = run.id  # type: ignore[assignment]
-        return run.id  # type: ignore[return-value]
+    done = run(
+        round_id,
+        kind,
+        status="succeeded",
+        progress_done=total,
+        progress_total=total,
+        message="done",
+        attempts=1,
+        requested_by="admin",
+        created_at=start,
+        started_at=start,
+        finished_at=start + timedelta(minutes=minutes),
+    )
+    seeded.runs[f"{kind}-r{index}"] = done.id  # type: ignore[assignment]
+    return done.id  # type: ignore[return-value]
 
 
 def _curves(run_id: int, names: dict[str, tuple[float, float]], steps: int) -> None:
     """Metric rows that move from start to end with a little noise, like a real trainer's."""
     rng = random.Random(run_id)
-    with write_session() as s:
-        for name, (first, last) in names.items():
-            for step in range(1, steps + 1):
-                value = first + (last - first) * (step / steps) ** 0.6 + rng.uniform(-0.03, 0.03)
-                s.add(Metric(run_id=run_id, step=step, name=name, value=value))
+    for name, (first, last) in names.items():
+        values = [
+            first + (last - first) * (step / steps) ** 0.6 + rng.uniform(-0.03, 0.03)
+            for step in range(1, steps + 1)
+        ]
+        metrics(run_id, {name: values})
 
 
 FULL_ROUND = (  # stage, minutes, items: one finished round of the method
@@ -352,7 +354,7 @@ DECISIONS = ("approve", "approve", "swap", "approve", "reject")
 
 
 def _finish_round(
-    seeded: Seeded, study_id: int, round_id: int, index: int, n_items: int, hours_ago: float
+    seeded: Seeded, round_id: int, index: int, n_items: int, hours_ago: float
 ) -> None:
     """Round ``index`` was reviewed by two people, trained and evaluated; its runs are done."""
     for i, pid in enumerate(seeded.pairs[round_id]):
@@ -360,9 +362,7 @@ def _finish_round(
         note = "" if i % 3 else "counting is right"
         review.decide(pid, DECISIONS[i % len(DECISIONS)], who, 1, note=note)
     for i, (kind, minutes, total) in enumerate(FULL_ROUND):
-        run_id = _run(
-            seeded, study_id, round_id, index, kind, minutes, hours_ago - 2 * i, total or n_items
-        )
+        run_id = _run(seeded, round_id, index, kind, minutes, hours_ago - 2 * i, total or n_items)
         if kind == "align":
             gain = 0.15 * index
             _curves(
@@ -379,24 +379,18 @@ def _finish_round(
         if kind == "distill":
             _curves(run_id, {"loss": (1.9, 1.1), "mean_token_accuracy": (0.52, 0.66)}, 30)
     before, after = ACCURACY[index % len(ACCURACY)]
-    with write_session() as s:
-        for model, acc in (("student-before", before), ("student-after", after)):
-            s.add(
-                Evaluation(
-                    round_id=round_id,
-                    run_id=seeded.runs[f"evaluate-r{index}"],
-                    model=model,
-                    model_ref=STUDENT,
-                    accuracy=acc,
-                    n=40,
-                    ci_low=max(0.0, acc - 0.14),
-                    ci_high=min(1.0, acc + 0.15),
-                )
-            )
-        s.add(SignalCheck(round_id=round_id, level="ok", reasons=[], result={}))
-        done = s.get(Round, round_id)
-        done.status = "done"  # type: ignore[union-attr]
-        s.add(done)
+    for model, acc in (("student-before", before), ("student-after", after)):
+        evaluation(
+            round_id,
+            model,
+            acc,
+            run_id=seeded.runs[f"evaluate-r{index}"],
+            model_ref=STUDENT,
+            ci_low=max(0.0, acc - 0.14),
+            ci_high=min(1.0, acc + 0.15),
+        )
+    signal_check(round_id, "ok")
+    update(Round, round_id, status="done")
 
 
 def seed_study(
@@ -427,18 +421,11 @@ def seed_study(
     n_items = n_questions * n_rationales
     for index in range(finished_rounds + 1):
         if index:
-            with write_session() as s:
-                rnd = Round(
-                    study_id=study.id,  # type: ignore[arg-type]
-                    index=index,
-                    teacher=TEACHER,
-                    student=STUDENT,
-                    teacher_adapter=f"runs/run-{seeded.runs[f'align-r{index - 1}']:05d}/adapter",
-                    student_adapter=f"runs/run-{seeded.runs[f'distill-r{index - 1}']:05d}/adapter",
-                )
-                s.add(rnd)
-                s.flush()
-                seeded.rounds.append(rnd.id)  # type: ignore[arg-type]
+            trained = {
+                f"{who}_adapter": f"runs/run-{seeded.runs[f'{stage}-r{index - 1}']:05d}/adapter"
+                for who, stage in (("teacher", "align"), ("student", "distill"))
+            }
+            seeded.rounds.append(round_(study, index, **trained).id)  # type: ignore[arg-type]
         round_id = seeded.rounds[-1]
         skill = 0.4 + 0.1 * index  # the aligned teacher writes more correct rationales
         adapter = adapter_hash(seeded.runs[f"align-r{index - 1}"]) if index else None
@@ -447,46 +434,34 @@ def seed_study(
         )
         hours_ago = 20.0 * (finished_rounds - index) + 18
         if index < finished_rounds:
-            _finish_round(seeded, study.id, round_id, index, n_items, hours_ago)  # type: ignore[arg-type]
+            _finish_round(seeded, round_id, index, n_items, hours_ago)
     current = seeded.current
-    with write_session() as s:
-        s.add(
-            SignalCheck(
-                round_id=current,
-                level="warn",
-                reasons=["draft scores are noisy: split-half reliability 0.41 on 8 probes"],
-                result={},
-            )
-        )
+    signal_check(
+        current, "warn", ["draft scores are noisy: split-half reliability 0.41 on 8 probes"]
+    )
     for i, (kind, minutes, total) in enumerate(FULL_ROUND[:4]):
-        _run(
-            seeded, study.id, current, finished_rounds, kind, minutes, 3 - 0.5 * i, total or n_items
-        )  # type: ignore[arg-type]
+        _run(seeded, current, finished_rounds, kind, minutes, 3 - 0.5 * i, total or n_items)
     return seeded
 
 
 def running_run(study_id: int, round_id: int, kind: str = "align", total: int = 40) -> int:
     """A run the worker would be executing now (no worker in the tests: the test moves it)."""
     start = utcnow() - timedelta(minutes=3)
-    with write_session() as s:
-        run = Run(
-            study_id=study_id,
-            round_id=round_id,
-            kind=kind,
-            status="running",
-            progress_done=0,
-            progress_total=total,
-            message="loading the teacher",
-            attempts=1,
-            worker="localhost:4242",
-            heartbeat_at=utcnow(),
-            requested_by="admin",
-            created_at=start,
-            started_at=start,
-        )
-        s.add(run)
-        s.flush()
-        return run.id  # type: ignore[return-value]
+    return run(  # type: ignore[return-value]
+        round_id,
+        kind,
+        study_id=study_id,
+        status="running",
+        progress_done=0,
+        progress_total=total,
+        message="loading the teacher",
+        attempts=1,
+        worker="localhost:4242",
+        heartbeat_at=utcnow(),
+        requested_by="admin",
+        created_at=start,
+        started_at=start,
+    ).id
 
 
 def pair_status(pair_id: int) -> str:

@@ -6,7 +6,6 @@ on simulated data in test_signalcheck.py); the slow test runs the bundled studen
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,18 +13,11 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from builders import draft, parity_rows, probe_results, task_file
 from sqlmodel import select
 
 from teachlab import models, score
-from teachlab.db import (
-    Draft,
-    ProbeResult,
-    Round,
-    SignalCheck,
-    Study,
-    read_session,
-    write_session,
-)
+from teachlab.db import Round, SignalCheck, Study, read_session
 from teachlab.jobs import runs
 from teachlab.jobs.context import LocalContext
 from teachlab.score import Demo, Probe, ProbeOutcome
@@ -37,14 +29,7 @@ from tests.conftest import bigbench_available
 
 def parity_task(folder: Path, n: int = 80) -> str:
     """A binary task file: is the number even? (labels 'yes'/'no', chance 0.5)."""
-    rows = [
-        {"input": f"Is {i} an even number?", "target": "yes" if i % 2 == 0 else "no"}
-        | {"choices": ["yes", "no"]}
-        for i in range(n)
-    ]
-    path = folder / "parity.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    return f"file:{path}"
+    return task_file(folder, parity_rows(n, "Is {} an even number?"), "parity.jsonl").ref
 
 
 class FakeScorer:
@@ -171,29 +156,14 @@ def _seed_scored_drafts(round_id: int, probes: list[int], n_drafts: int = 30) ->
     rng = np.random.default_rng(0)
     quality = rng.normal(0, 1, n_drafts)
     means = []
-    with write_session() as s:
-        for i in range(n_drafts):
-            draft = Draft(
-                round_id=round_id,
-                kind="rationale",
-                idem_key=f"r:{i}",
-                answer="yes" if i % 2 else "no",
-            )
-            s.add(draft)
-            s.flush()
-            margins = quality[i] + rng.normal(0, 0.5, len(probes))
-            means.append(float(margins.mean()))
-            for p, value in zip(probes, margins, strict=True):
-                s.add(
-                    ProbeResult(
-                        draft_id=draft.id,
-                        round_id=round_id,
-                        probe_index=p,
-                        mode="loglik",
-                        correct=False,
-                        margin=float(value),
-                    )
-                )
+    for i in range(n_drafts):
+        demo = draft(round_id, "rationale", key=f"r:{i}", answer="yes" if i % 2 else "no")
+        margins = [float(m) for m in quality[i] + rng.normal(0, 0.5, len(probes))]
+        means.append(float(np.mean(margins)))
+        blank = {"predicted": [""] * len(probes), "gold_logprobs": [None] * len(probes)}
+        probe_results(
+            round_id, "F" * len(probes), draft=demo, indices=probes, margins=margins, **blank
+        )
     return means
 
 

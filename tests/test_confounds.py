@@ -9,128 +9,57 @@ from typing import Any
 
 import plotly.graph_objects as go
 import pytest
+from builders import draft, pair, rationale, round_, study
 from seeding import seed_study
 
 from pages.progress import confound_md, figures
 from teachlab import charts, review, views
-from teachlab.db import Draft, Pair, Round, Study, write_session
 from teachlab.errors import NotFoundError
 
 HASH = "abcdef1234567890"
 
 
-def _rationale(round_id: int, key: str, parent: int, text: str, answer: str | None, **kw: Any):
-    return Draft(
-        round_id=round_id,
-        kind="rationale",
-        idem_key=key,
-        parent_id=parent,
-        rationale=text,
-        answer=answer,
-        **kw,
-    )
-
-
-def populate(db: Path, config: dict[str, Any] | None = None) -> dict[str, int]:
+def populate(config: dict[str, Any] | None = None) -> dict[str, int]:
     """Two rounds of a yes/no task: round 0 with drafts, tailored drafts and pairs of every
     status; round 1 drafted by round 0's aligned teacher, no pairs yet."""
-    ids: dict[str, int] = {}
-    with write_session() as s:
-        study = Study(name="c", task_ref="file:x", teacher="t", student="st", config=config or {})
-        s.add(study)
-        s.flush()
-        r0 = Round(study_id=study.id, index=0, teacher="t", student="st", status="done")
-        r1 = Round(study_id=study.id, index=1, teacher="t", student="st")
-        s.add_all([r0, r1])
-        s.flush()
-        q1 = Draft(round_id=r0.id, kind="question", idem_key="q1", input="2 even?", target="yes")
-        q2 = Draft(
-            round_id=r0.id,
-            kind="question",
-            idem_key="q2",
-            input="3 even?",
-            target="no",
-            prefill="<Question_4><input>",
-        )
-        q_bad = Draft(round_id=r0.id, kind="question", idem_key="q3", status="rejected")
-        tq = Draft(
-            round_id=r0.id,
-            kind="question",
-            phase="tailored",
-            idem_key="tq",
-            target="yes",
-            adapter_hash=HASH,
-        )
-        r1q = Draft(round_id=r1.id, kind="question", idem_key="q1", target="yes", adapter_hash=HASH)
-        s.add_all([q1, q2, q_bad, tq, r1q])
-        s.flush()
-        ra = _rationale(r0.id, "ra", q1.id, "so <ans>yes</ans>", "yes")  # 2 words
-        rb = _rationale(r0.id, "rb", q1.id, "it is <ans>no</ans>", "no")  # 3
-        rc = _rationale(r0.id, "rc", q2.id, "clearly then <ans>yes</ans>", "yes")  # 3
-        re_ = _rationale(r0.id, "re", q2.id, "no idea", None)  # 2, no label
-        rd = _rationale(r0.id, "rd", q2.id, "a <ans>yes", "yes", status="duplicate")  # left out
-        tailored = [
-            _rationale(r0.id, f"t{i}", tq.id, text, answer, phase="tailored", adapter_hash=HASH)
-            for i, (text, answer) in enumerate(
-                [
-                    ("a b c <ans>yes</ans>", "yes"),  # 4 words
-                    ("a b c d e <ans>yes</ans>", "yes"),  # 6
-                    ("a b c d e f g <ans>no</ans>", "no"),  # 8
-                ]
-            )
-        ]
-        r1a = _rationale(r1.id, "r1a", r1q.id, "a b c d <ans>yes</ans>", "yes", adapter_hash=HASH)
-        s.add_all([ra, rb, rc, re_, rd, *tailored, r1a])
-        s.flush()
-
-        def pair(level: str, win: Draft | None, lose: Draft | None, **kw: Any) -> Pair:
-            """A pair of the two drafts' texts, unless ``kw`` gives other texts."""
-            texts = {
-                "chosen": win.rationale if win is not None else "",
-                "rejected": lose.rationale if lose is not None else "",
-            }
-            return Pair(
-                round_id=r0.id,
-                level=level,
-                rule="arte",
-                chosen_draft_id=win.id if win is not None else None,
-                rejected_draft_id=lose.id if lose is not None else None,
-                **(texts | kw),
-            )
-
-        pairs = {
-            "approved": pair("rationale", ra, rb, status="approved"),
-            "proposed": pair("rationale", rc, re_),  # trains only when unreviewed pairs do
-            "rejected": pair("rationale", rb, ra, status="rejected"),  # never trains
-            "question": pair(
-                "question", q1, q2, status="overridden", chosen="q1 text", rejected="q2 text"
-            ),
-            # A person changed the chosen answer: the text, not the draft, is what DPO sees.
-            "edited": pair("rationale", ra, rb, status="edited", chosen="so <ans>no</ans>"),
-            "edited_q": pair(
-                "question",
-                q2,
-                q1,
-                status="edited",
-                chosen="Is 5 odd?</input><target>maybe</target></Question_4>",
-                rejected="garbled",  # unreadable: the draft's own label stands
-            ),
-            # Imported from a file: no drafts behind it, the texts alone carry the labels.
-            "imported": pair(
-                "rationale",
-                None,
-                None,
-                status="approved",
-                source="human",
-                chosen="so <ans>yes</ans>",
-                rejected="hmm <ans>maybe</ans>",
-            ),
-        }
-        s.add_all(pairs.values())
-        s.flush()
-        ids.update(study=study.id, r0=r0.id, r1=r1.id)
-        ids.update({f"pair_{k}": p.id for k, p in pairs.items()})  # type: ignore[misc]
-    return ids
+    c = study("c", task_ref="file:x", config=config or {})
+    r0, r1 = round_(c, 0, status="done"), round_(c, 1)
+    q1 = draft(r0, input="2 even?", target="yes")
+    q2 = draft(r0, input="3 even?", target="no", prefill="<Question_4><input>")
+    draft(r0, status="rejected")
+    tq = draft(r0, phase="tailored", target="yes", adapter_hash=HASH)
+    r1q = draft(r1, target="yes", adapter_hash=HASH)
+    ra = rationale(q1, "so <ans>yes</ans>", "yes")  # 2 words
+    rb = rationale(q1, "it is <ans>no</ans>", "no")  # 3
+    rc = rationale(q2, "clearly then <ans>yes</ans>", "yes")  # 3
+    re_ = rationale(q2, "no idea")  # 2, no label
+    rationale(q2, "a <ans>yes", "yes", status="duplicate")  # left out
+    rationale(tq, "a b c <ans>yes</ans>", "yes", adapter_hash=HASH)  # 4 words
+    rationale(tq, "a b c d e <ans>yes</ans>", "yes", adapter_hash=HASH)  # 6
+    rationale(tq, "a b c d e f g <ans>no</ans>", "no", adapter_hash=HASH)  # 8
+    rationale(r1q, "a b c d <ans>yes</ans>", "yes", adapter_hash=HASH)
+    pairs = {
+        "approved": pair(r0, ra, rb, status="approved"),
+        "proposed": pair(r0, rc, re_),  # trains only when unreviewed pairs do
+        "rejected": pair(r0, rb, ra, status="rejected"),  # never trains
+        "question": pair(r0, q1, q2, status="overridden", chosen="q1 text", rejected="q2 text"),
+        # A person changed the chosen answer: the text, not the draft, is what DPO sees.
+        "edited": pair(r0, ra, rb, status="edited", chosen="so <ans>no</ans>"),
+        "edited_q": pair(
+            r0,
+            q2,
+            q1,
+            status="edited",
+            chosen="Is 5 odd?</input><target>maybe</target></Question_4>",
+            rejected="garbled",  # unreadable: the draft's own label stands
+        ),
+        # Imported from a file: no drafts behind it, the texts alone carry the labels.
+        "imported": pair(
+            r0, "so <ans>yes</ans>", "hmm <ans>maybe</ans>", status="approved", source="human"
+        ),
+    }
+    ids = {"study": c.id, "r0": r0.id, "r1": r1.id}
+    return ids | {f"pair_{k}": p.id for k, p in pairs.items()}  # type: ignore[misc]
 
 
 def _mix(sides: list[dict[str, Any]], side: str, level: str | None = None) -> dict[str, int]:
@@ -142,7 +71,7 @@ def _mix(sides: list[dict[str, Any]], side: str, level: str | None = None) -> di
 
 
 def test_training_set_is_what_dpo_trains_on_with_the_labels_it_sees(db_path: Path) -> None:
-    ids = populate(db_path, {"use_unreviewed": False})
+    ids = populate({"use_unreviewed": False})
     training = views.training_set(ids["study"])
     assert (training.use_unreviewed, training.label_balanced) == (False, False)
     trained = {p.id for p in review.training_pairs(ids["r0"], use_unreviewed=False)}
@@ -163,7 +92,7 @@ def test_training_set_is_what_dpo_trains_on_with_the_labels_it_sees(db_path: Pat
 
 
 def test_unreviewed_pairs_count_when_the_study_trains_on_them(db_path: Path) -> None:
-    ids = populate(db_path, {"use_unreviewed": True, "label_balanced": True})
+    ids = populate({"use_unreviewed": True, "label_balanced": True})
     training = views.training_set(ids["study"])
     assert (training.use_unreviewed, training.label_balanced) == (True, True)
     proposed = [s for s in training.sides if s["pair"] == ids["pair_proposed"]]
@@ -176,7 +105,7 @@ def test_unreviewed_pairs_count_when_the_study_trains_on_them(db_path: Path) -> 
 
 
 def test_draft_mix_rows_split_by_phase_with_the_teacher_that_wrote_them(db_path: Path) -> None:
-    ids = populate(db_path)
+    ids = populate()
     rows = views.draft_mix_rows(ids["study"])
     assert len(rows) == 12  # the rejected question and the duplicate rationale are left out
     got = [(r["round"], r["phase"], r["kind"], r["label"], r["words"]) for r in rows]
@@ -206,7 +135,7 @@ def test_draft_mix_rows_split_by_phase_with_the_teacher_that_wrote_them(db_path:
 
 
 def test_confound_summary_figures_per_round(db_path: Path) -> None:
-    ids = populate(db_path, {"use_unreviewed": False})
+    ids = populate({"use_unreviewed": False})
     training = views.training_set(ids["study"])
     first, second = views.confound_summary(training.sides, views.draft_mix_rows(ids["study"]))
     assert first == {
@@ -244,7 +173,7 @@ def test_confound_summary_figures_per_round(db_path: Path) -> None:
 
 
 def test_confound_markdown_says_what_was_counted(db_path: Path) -> None:
-    ids = populate(db_path, {"use_unreviewed": False})
+    ids = populate({"use_unreviewed": False})
     training = views.training_set(ids["study"])
     md = confound_md(
         training, views.confound_summary(training.sides, views.draft_mix_rows(ids["study"]))
@@ -380,7 +309,7 @@ def test_draft_lengths_box_per_phase_with_mean_and_sd() -> None:
 
 
 def test_progress_figures_carry_the_confound_panel(db_path: Path) -> None:
-    ids = populate(db_path, {"use_unreviewed": False})
+    ids = populate({"use_unreviewed": False})
     out = figures(ids["study"])
     assert len(out) == 10
     md, pair_mix, draft_mix, lengths = out[6:]

@@ -6,20 +6,19 @@ the bundled teacher (gemma-3-270m) on real prompts.
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from builders import use_storage
+from builders import round_, study, task_file, use_storage
 from sqlmodel import select
 
 from teachlab import prompts
 from teachlab.backends.base import GenRequest
 from teachlab.config import StudyConfig
-from teachlab.db import Draft, Round, Study, read_session, write_session
+from teachlab.db import Draft, Round, Study, read_session
 from teachlab.drafting import check_target, derive_seed, shared_labels
 from teachlab.jobs.context import LocalContext
 from teachlab.prompts import parse_question_blocks, parse_questions, parse_rationale
@@ -298,35 +297,30 @@ class PlainTokenizer:
         )
 
 
-def _make_round(tmp: Path, task: Path | None = None, **config: object) -> int:
+def _sports_task(tmp: Path) -> Path:
+    """A plausible/implausible task of 20 made-up sentences (a shared label set)."""
     rows = [
         {
-            "input": f"{_words(random.Random(i), 4)}",
+            "input": _words(random.Random(i), 4),
             "target": "plausible" if i % 2 else "implausible",
             "choices": ["plausible", "implausible"],
         }
         for i in range(20)
     ]
-    path = task or tmp / "sports.jsonl"
-    if task is None:
-        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    cfg = StudyConfig.from_dict({"n_questions": 5, "questions_per_call": 3, **config}).to_dict()
-    with write_session() as session:
-        study = Study(
-            name="s",
-            task_ref=f"file:{path}",
-            teacher="fake",
-            student="fake",
-            seed=7,
-            config=cfg,
-            splits={"seed": [0, 1, 2], "probe": [3, 4, 5, 6], "test": list(range(7, 20))},
-        )
-        session.add(study)
-        session.flush()
-        rnd = Round(study_id=study.id, index=0, teacher="fake", student="fake")
-        session.add(rnd)
-        session.flush()
-        return rnd.id  # type: ignore[return-value]
+    return task_file(tmp, rows, "sports.jsonl").path
+
+
+def _make_round(tmp: Path, task: Path | None = None, **config: object) -> int:
+    cfg = StudyConfig.from_dict({"n_questions": 5, "questions_per_call": 3, **config})
+    made = study(
+        task_ref=f"file:{task or _sports_task(tmp)}",
+        teacher="fake",
+        student="fake",
+        seed=7,
+        config=cfg.to_dict(),
+        splits={"seed": [0, 1, 2], "probe": [3, 4, 5, 6], "test": list(range(7, 20))},
+    )
+    return round_(made).id  # type: ignore[return-value]
 
 
 def _drafts(**where: object) -> list[Draft]:
@@ -586,9 +580,7 @@ def _steps_task(tmp: Path) -> Path:
         }
         for i in range(20)
     ]
-    path = tmp / "steps.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
+    return task_file(tmp, rows, "steps.jsonl").path
 
 
 def test_scaffold_writes_the_format_and_the_teacher_fills_each_field(

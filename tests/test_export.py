@@ -12,22 +12,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from builders import draft, pair, probe_results, rationale, round_, study
 from conftest import SHARED_MODELS
 from sqlmodel import col, select
 
 from teachlab import __version__
 from teachlab import export as ex
 from teachlab.config import StudyConfig
-from teachlab.db import (
-    AnnotationEvent,
-    Draft,
-    Pair,
-    ProbeResult,
-    Round,
-    Study,
-    read_session,
-    write_session,
-)
+from teachlab.db import AnnotationEvent, Draft, Pair, Round, Study, read_session, write_session
 from teachlab.errors import ConfigError, ConflictError, DataError, NotFoundError
 from teachlab.export import card as card_mod
 from teachlab.export.rows import sha256
@@ -65,133 +57,76 @@ def tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(SHARED_MODELS / "smollm2-135m-instruct")
 
 
-def new_study(db: Path, name: str) -> tuple[int, int]:
-    with write_session() as s:
-        study = Study(
-            name=name,
-            task_ref="bigbench:date_understanding",
-            teacher=TEACHER,
-            student=TEACHER,
-            config=StudyConfig().to_dict(),
-            splits={"seed": [0, 1, 2], "probe": [3, 4], "test": [5, 6, 7]},
-        )
-        s.add(study)
-        s.flush()
-        rnd = Round(study_id=study.id, index=0, teacher=TEACHER, student=TEACHER)
-        s.add(rnd)
-        s.flush()
-        return study.id, rnd.id  # type: ignore[return-value]
+def new_study(name: str) -> tuple[Study, Round]:
+    """A study of the date task with the default configuration, and its round 0."""
+    made = study(
+        name,
+        task_ref="bigbench:date_understanding",
+        teacher=TEACHER,
+        student=TEACHER,
+        config=StudyConfig().to_dict(),
+        splits={"seed": [0, 1, 2], "probe": [3, 4], "test": [5, 6, 7]},
+    )
+    return made, round_(made)
 
 
-def populate(db: Path) -> dict[str, int]:
+def populate() -> dict[str, int]:
     """Study "src": round 0 (base teacher) and round 1 (an aligned adapter), with real prompts."""
     tok = tokenizer()
-    study_id, r0 = new_study(db, "src")
     prefill = question_prefill(len(SEEDS))
     q_prompt = render_chat(tok, question_messages("dates", "Date questions.", SEEDS, 1), prefill)
     question = question_text("Today is 3 May. What was yesterday?", ["2 May", "4 May"])
     erased = render_chat(tok, plain_messages(question))
-    ids: dict[str, int] = {"study": study_id}
-    with write_session() as s:
-        later = Round(
-            study_id=study_id,
-            index=1,
-            teacher=TEACHER,
-            teacher_adapter="/runs/7/adapter",
-            student=TEACHER,
-        )
-        s.add(later)
-        s.flush()
-        r1 = later.id
-
-        def draft(rnd: int, key: str, **kw: Any) -> Draft:
-            d = Draft(round_id=rnd, idem_key=key, **kw)
-            s.add(d)
-            s.flush()
-            return d
-
-        qa = draft(r0, "qa", kind="question", prompt=q_prompt, prefill=prefill, score=0.8)
-        qb = draft(r0, "qb", kind="question", prompt=q_prompt, prefill=prefill, score=0.2)
-        ra = draft(r0, "ra", kind="rationale", parent_id=qa.id, raw_output="So <ans>2 May</ans>")
-        ra.score, ra.margin_score = 1.0, 0.5
-        rb = draft(r0, "rb", kind="rationale", parent_id=qa.id, raw_output="<ans>4 May</ans>")
-        rb.score = 0.0
-        qc = draft(
-            r1, "qc", kind="question", prompt=q_prompt, prefill=prefill, adapter_hash=ADAPTER
-        )
-        qd = draft(
-            r1, "qd", kind="question", prompt=q_prompt, prefill=prefill, adapter_hash=ADAPTER
-        )
-        for i, correct in enumerate((True, False)):
-            s.add(
-                ProbeResult(
-                    draft_id=ra.id,
-                    round_id=r0,
-                    probe_index=3 + i,
-                    mode="loglik",
-                    predicted="2 May" if correct else "4 May",
-                    correct=correct,
-                    gold_logprob=-0.5 - i,
-                    margin=0.7 - i,
-                )
-            )
-
-        def pair(rnd: int, key: str, **kw: Any) -> None:
-            p = Pair(round_id=rnd, rule="arte", **kw)
-            s.add(p)
-            s.flush()
-            ids[key] = p.id  # type: ignore[assignment]
-
-        pair(
+    made, r0 = new_study("src")
+    r1 = round_(made, 1, teacher_adapter="/runs/7/adapter")
+    asked = {"prompt": q_prompt, "prefill": prefill}
+    qa, qb = draft(r0, **asked, score=0.8), draft(r0, **asked, score=0.2)
+    ra = draft(
+        r0, "rationale", parent=qa, raw_output="So <ans>2 May</ans>", score=1.0, margin_score=0.5
+    )
+    rb = draft(r0, "rationale", parent=qa, raw_output="<ans>4 May</ans>", score=0.0)
+    qc = draft(r1, **asked, adapter_hash=ADAPTER)
+    qd = draft(r1, **asked, adapter_hash=ADAPTER)
+    probe_results(
+        r0,
+        "TF",
+        draft=ra,
+        indices=[3, 4],
+        predicted=["2 May", "4 May"],
+        gold_logprobs=[-0.5, -1.5],
+        margins=[0.7, -0.3],
+    )
+    pairs = {
+        "p_question": pair(
             r0,
-            "p_question",
-            level="question",
+            qa,
+            qb,
             prompt=q_prompt,
             chosen="Today is 9 May.</input><target>10 May</target></Question_4>",
             rejected="Today</input><target>x</target></Question_4>",
-            chosen_draft_id=qa.id,
-            rejected_draft_id=qb.id,
-            chosen_score=0.8,
-            rejected_score=0.2,
             margin=0.6,
             status="approved",
             annotator="alice",
-        )
-        pair(
+        ),
+        "p_rationale": pair(r0, ra, rb, prompt=erased, margin=1.0),
+        "p_rejected": pair(
             r0,
-            "p_rationale",
-            level="rationale",
+            "bad",
+            "worse",
             prompt=erased,
-            chosen="So <ans>2 May</ans>",
-            rejected="<ans>4 May</ans>",
-            chosen_draft_id=ra.id,
-            rejected_draft_id=rb.id,
-            chosen_score=1.0,
-            rejected_score=0.0,
-            margin=1.0,
-        )
-        pair(
-            r0,
-            "p_rejected",
-            level="rationale",
-            prompt=erased,
-            chosen="bad",
-            rejected="worse",
             chosen_score=0.5,
             rejected_score=0.4,
             margin=0.1,
             status="rejected",
             annotator="alice",
-        )
-        pair(
+        ),
+        "p_edited": pair(
             r1,
-            "p_edited",
-            level="question",
+            qc,
+            qd,
             prompt=q_prompt,
             chosen="Edited by a human.</input><target>1 May</target></Question_4>",
             rejected="x</input><target>y</target></Question_4>",
-            chosen_draft_id=qc.id,
-            rejected_draft_id=qd.id,
             chosen_score=0.6,
             rejected_score=0.3,
             margin=0.3,
@@ -199,36 +134,31 @@ def populate(db: Path) -> dict[str, int]:
             source="human",
             status="edited",
             annotator="bob",
-        )
-        # The tailored set (round 1): one usable example, one rejected rationale.
-        tq = draft(
-            r1,
-            "tq",
-            kind="question",
-            phase="tailored",
-            input="Today is 3 May. What was yesterday?",
-            target="2 May",
-            choices=["2 May", "4 May"],
-        )
-        tr = draft(
-            r1,
-            "tr",
-            kind="rationale",
-            phase="tailored",
-            parent_id=tq.id,
-            strategy="plain",
-            rationale="Yesterday is one day before 3 May. <ans>2 May</ans>",
-            answer="2 May",
-            adapter_hash=ADAPTER,
-        )
-        draft(r1, "tx", kind="rationale", phase="tailored", parent_id=tq.id, status="rejected")
-        ids |= {"ra": ra.id, "tr": tr.id, "tq": tq.id}  # type: ignore[dict-item]
-    return ids
+        ),
+    }
+    # The tailored set (round 1): one usable example, one rejected rationale.
+    tq = draft(
+        r1,
+        phase="tailored",
+        input="Today is 3 May. What was yesterday?",
+        target="2 May",
+        choices=["2 May", "4 May"],
+    )
+    tr = rationale(
+        tq,
+        "Yesterday is one day before 3 May. <ans>2 May</ans>",
+        "2 May",
+        strategy="plain",
+        adapter_hash=ADAPTER,
+    )
+    draft(r1, "rationale", phase="tailored", parent=tq, status="rejected")
+    ids = {"study": made.id, "ra": ra.id, "tr": tr.id, "tq": tq.id}
+    return ids | {key: p.id for key, p in pairs.items()}  # type: ignore[misc]
 
 
 @pytest.fixture
 def src(db_path: Path) -> dict[str, int]:
-    return populate(db_path)
+    return populate()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -668,7 +598,7 @@ def test_export_then_import_into_a_new_study_gives_the_same_pairs(
     src: dict[str, int], db_path: Path, fmt: str
 ) -> None:
     result = ex.export(ex.Selection("src"), "dpo", fmt, name="trip")
-    new_study(db_path, "copy")
+    new_study("copy")
     imported = ex.import_pairs("copy", result.path, annotator="carol")
     assert (imported.added, imported.skipped, imported.round) == (3, 0, 0)
     with read_session() as s:
@@ -698,7 +628,7 @@ def test_conversational_export_imports_back_to_the_exact_texts(
             fh.write(
                 json.dumps({k: row[k] for k in ("prompt", "chosen", "rejected", "level")}) + "\n"
             )
-    new_study(db_path, "copy")
+    new_study("copy")
     assert ex.import_pairs("copy", stripped).added == 2
     texts = {(p[2], p[3]) for p in stored_pairs(db_path, "copy")}
     rationale = next(r for r in rows if r["level"] == "rationale")
@@ -747,7 +677,7 @@ def test_import_schema_mismatch_names_columns_and_the_schema(
 
 def test_sft_round_trip_through_import(src: dict[str, int], db_path: Path) -> None:
     first = ex.export(ex.Selection("src"), "sft", "datasets", name="s1")
-    new_study(db_path, "copy")
+    new_study("copy")
     assert ex.import_sft("copy", first.path).added == 1
     assert ex.import_sft("copy", first.path).skipped == 1  # idempotent
     with read_session() as s:
@@ -816,7 +746,7 @@ def test_cli_create_list_push_and_import(src: dict[str, int], db_path: Path) -> 
     assert runner.invoke(export_app, ["list"]).output.strip() == "cli"
     out = runner.invoke(export_app, ["push", "cli", "me/x"])
     assert out.exit_code == 0 and "Would push 4 files" in out.output
-    new_study(db_path, "copy")
+    new_study("copy")
     path = str(ex.export_dir("cli"))
     out = runner.invoke(export_app, ["import", "--study", "copy", path])
     assert out.exit_code == 0 and "1 dpo rows imported into study 'copy' round 0" in out.output

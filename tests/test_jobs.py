@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import study
 
-from teachlab.db import Run, Study, write_session
+from teachlab.db import Run, write_session
 from teachlab.db.tables import utcnow
 from teachlab.errors import DataError, JobError
 from teachlab.jobs import Cancelled, Stage, queue, runs
@@ -23,11 +24,7 @@ from teachlab.stages import STAGES, stage_named
 
 @pytest.fixture
 def study_id(db_path: Path) -> int:
-    with write_session() as session:
-        study = Study(name="s", task_ref="bigbench:x", teacher="t", student="s")
-        session.add(study)
-        session.flush()
-        return study.id  # type: ignore[return-value]
+    return study().id  # type: ignore[return-value]
 
 
 TABLE: dict[str, Stage] = {}

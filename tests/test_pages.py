@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import PAYLOAD, two_round_study
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from sqlmodel import col, select
-from test_views import PAYLOAD, populate
 
 from teachlab.db import (
     AnnotationEvent,
@@ -28,6 +28,7 @@ from teachlab.db import (
     read_session,
     write_session,
 )
+from teachlab.jobs import runs
 from teachlab.settings import get_settings
 
 
@@ -46,7 +47,7 @@ def served(
     monkeypatch.setenv("TEACHLAB_AUTH", "admin:pw:admin,ann:pw:annotator")
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     get_settings.cache_clear()
-    ids = populate(db_path, tmp_path)
+    ids = two_round_study(tmp_path)
     app = build_app()
     app.queue()
     port = free_port()
@@ -56,8 +57,10 @@ def served(
         auth=auth_callback(get_settings()),
         quiet=True,
     )
+    align = runs.Lease(ids["align"], runs.get_run(ids["align"]).lease)
     try:
-        yield f"http://127.0.0.1:{port}/", ids
+        with runs.Heartbeat(align):  # its executor keeps the running align run alive
+            yield f"http://127.0.0.1:{port}/", ids
     finally:
         app.close()
 

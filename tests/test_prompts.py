@@ -26,14 +26,6 @@ def test_missing_field_raises_instead_of_rendering_empty() -> None:
         prompts.PLAIN.render()
 
 
-def test_template_versions_are_exported_for_provenance() -> None:
-    assert prompts.TEMPLATE_VERSIONS == {
-        "question": "question@2",
-        "rationale": "rationale@1",
-        "plain": "plain@1",
-    }
-
-
 def test_question_prompt_shows_tagged_seeds_and_asks_for_more_from_four() -> None:
     [message] = prompts.question_messages("sports_understanding", "Judge sentences.", SEEDS, 5)
     text = message["content"]

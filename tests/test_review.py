@@ -8,21 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import draft, round_, study
 from sqlalchemy import event
 from sqlmodel import select
 
 from teachlab import review
-from teachlab.db import (
-    AnnotationEvent,
-    Draft,
-    Pair,
-    Round,
-    Store,
-    Study,
-    init_db,
-    read_session,
-    write_session,
-)
+from teachlab.db import AnnotationEvent, Pair, Store, init_db, read_session
 from teachlab.errors import ConfigError, ConflictError, NotFoundError, PermissionDenied
 from teachlab.pairs import PairSpec
 from teachlab.settings import get_settings
@@ -38,20 +29,9 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def make_round(db: Path, n_drafts: int = 8) -> tuple[int, list[int]]:
-    with write_session() as s:
-        study = Study(name="s", task_ref="bigbench:x", teacher="t", student="s")
-        s.add(study)
-        s.flush()
-        rnd = Round(study_id=study.id, teacher="t", student="s")
-        s.add(rnd)
-        s.flush()
-        drafts = [
-            Draft(round_id=rnd.id, kind="question", idem_key=f"k{i}", raw_output=f"draft {i}")
-            for i in range(n_drafts)
-        ]
-        s.add_all(drafts)
-        s.flush()
-        return rnd.id, [d.id for d in drafts]
+    rnd = round_(study())
+    drafts = [draft(rnd, raw_output=f"draft {i}") for i in range(n_drafts)]
+    return rnd.id, [d.id for d in drafts]  # type: ignore[return-value]
 
 
 def spec(chosen: int, rejected: int, margin: float, level: str = "question") -> PairSpec:
