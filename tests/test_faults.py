@@ -1,0 +1,182 @@
+"""The fault suite (``pytest -m faults``): crashes, pauses and takeovers of real processes on the
+real database. docs/reliability.md reports its figures; set TEACHLAB_FAULT_REPORT to a folder
+to have each test write its figures there as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from teachlab.db import Metric, Round, Run, Study, read_session, write_session
+from teachlab.jobs import runs
+
+pytestmark = pytest.mark.faults
+HERE = Path(__file__).resolve().parent
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    """Keep a test's figures for docs/reliability.md (when TEACHLAB_FAULT_REPORT names a folder)."""
+    folder = os.environ.get("TEACHLAB_FAULT_REPORT")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str))
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def new_round(name: str = "faults") -> tuple[int, int]:
+    with write_session() as s:
+        study = Study(name=name, task_ref="bigbench:not-fetched", teacher="t", student="s")
+        s.add(study)
+        s.flush()
+        rnd = Round(study_id=study.id, index=0, teacher="t", student="s")  # type: ignore[arg-type]
+        s.add(rnd)
+        s.flush()
+        return study.id, rnd.id  # type: ignore[return-value]
+
+
+def slow_executor(run_id: int, steps: int = 400, interval: float = 0.1) -> subprocess.Popen[bytes]:
+    """The real runner in another process, on a stage that writes one row per step."""
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "slowstage.py"), str(run_id), str(steps), str(interval)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def writers(run_id: int) -> dict[str, list[int]]:
+    """The steps each process wrote for the run (the stand-in names its rows by pid)."""
+    with read_session() as s:
+        rows = s.exec(select(Metric).where(Metric.run_id == run_id)).all()
+    out: dict[str, list[int]] = {}
+    for m in rows:
+        out.setdefault(m.name, []).append(m.step)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def stopped(proc: subprocess.Popen[bytes]) -> str:
+    out, _ = proc.communicate(timeout=60)
+    return out.decode(errors="replace")
+
+
+def integrity(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def test_a_paused_executor_that_lost_its_lease_writes_nothing_more(db_path: Path) -> None:
+    """Split brain: pause an executor past the stale limit, let another take the run over and
+    finish it, then let the first one go on: it stops at once, writes no row, records no end."""
+    study, rnd = new_round()
+    run = runs.create_run(study, "check", round_id=rnd)
+    first = slow_executor(run.id)  # type: ignore[arg-type]
+    wait_for(lambda: runs.get_run(run.id).progress_done >= 3, 120, "the first executor's steps")  # type: ignore[arg-type]
+    os.kill(first.pid, signal.SIGSTOP)
+    paused_at = time.monotonic()
+    before = writers(run.id)  # type: ignore[arg-type]
+    wait_for(
+        lambda: time.monotonic() - paused_at > runs.STALE_AFTER_S + 1, 30, "the stale limit"
+    )
+    second = slow_executor(run.id, steps=5, interval=0.05)  # type: ignore[arg-type]
+    assert "succeeded" in stopped(second)
+    os.kill(first.pid, signal.SIGCONT)
+    output = stopped(first)
+    after = writers(run.id)  # type: ignore[arg-type]
+    final = runs.get_run(run.id)  # type: ignore[arg-type]
+    first_name = f"pid{first.pid}"
+    assert after[first_name] == before[first_name]  # not one row after it was taken over
+    assert after[f"pid{second.pid}"] == [1, 2, 3, 4, 5]
+    assert final.status == "succeeded" and final.result["writer"] == f"pid{second.pid}"
+    assert final.attempts == 2 and f"run {run.id}: succeeded" in output
+    assert integrity(db_path) == "ok"
+    report(
+        "split_brain",
+        {
+            "first_rows_before_pause": len(before[first_name]),
+            "first_rows_after_resume": len(after[first_name]) - len(before[first_name]),
+            "final_status": final.status,
+            "final_writer": "second executor",
+            "attempts": final.attempts,
+        },
+    )
+
+
+def test_a_killed_foreground_run_is_taken_over_by_a_worker_within_15_s(db_path: Path) -> None:
+    study, rnd = new_round()
+    run = runs.create_run(study, "check", round_id=rnd)
+    executor = slow_executor(run.id)  # type: ignore[arg-type]
+    wait_for(lambda: runs.get_run(run.id).progress_done >= 2, 120, "the run's first steps")  # type: ignore[arg-type]
+    worker = subprocess.Popen(  # it leaves the run alone while its heartbeat is fresh
+        [sys.executable, "-m", "teachlab", "worker"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(8)  # the worker is up and idle
+        assert runs.get_run(run.id).attempts == 1  # type: ignore[arg-type]
+        executor.kill()
+        executor.wait()
+        killed = datetime.now(UTC)
+        wait_for(lambda: runs.get_run(run.id).attempts >= 2, 60, "a worker to take the run over")  # type: ignore[arg-type]
+        taken = runs.get_run(run.id)  # type: ignore[arg-type]
+        started = taken.started_at.replace(tzinfo=UTC)  # type: ignore[union-attr]
+        takeover_s = (started - killed).total_seconds()
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert 0 < takeover_s <= 15, takeover_s
+    report("takeover", {"stale_after_s": runs.STALE_AFTER_S, "takeover_s": round(takeover_s, 1)})
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "teachlab", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_a_sigkilled_foreground_run_blocks_nothing_once_stale(db_path: Path) -> None:
+    """The reported sequence: a foreground run killed with SIGKILL, no worker; then resume,
+    cancel and a new stage each get a clear answer and do what they say."""
+    study, rnd = new_round()
+    first = runs.create_run(study, "check", round_id=rnd)
+    executor = slow_executor(first.id)  # type: ignore[arg-type]
+    wait_for(lambda: runs.get_run(first.id).progress_done >= 2, 120, "the run's first steps")  # type: ignore[arg-type]
+    executor.kill()
+    executor.wait()
+    early = cli("run", "resume", str(first.id))
+    assert early.returncode == 1 and "its executor is alive" in early.stderr  # not stale yet
+    time.sleep(runs.STALE_AFTER_S + 1)
+    resumed = cli("run", "resume", str(first.id))  # queued again: no worker needed to accept it
+    assert resumed.returncode == 0 and f"Run #{first.id} queued again" in resumed.stdout
+    cancelled = cli("run", "cancel", str(first.id))
+    assert cancelled.returncode == 0 and "(cancelled)" in cancelled.stdout
+    second = runs.create_run(study, "check", round_id=rnd)  # the study is free
+    executor = slow_executor(second.id, steps=3, interval=0.05)  # type: ignore[arg-type]
+    assert "succeeded" in stopped(executor)
+    for out in (early, resumed, cancelled):
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 1
