@@ -7,6 +7,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +51,23 @@ class Server:
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
 
+    def check_alive(self, when: str) -> None:
+        """Fails, naming how the server died and showing its log, if its process has exited."""
+        if self.proc.poll() is not None:
+            pytest.fail(
+                f"llama.cpp's server ({self.url}) died {when}: {exit_status(self.proc.returncode)}."
+                f"{CRASH_HINT if self.proc.returncode < 0 else ''}\n"
+                f"The end of its log ({self.log}):\n{self.crash_tail() or '(empty)'}",
+                pytrace=False,
+            )
+
+    def crash_tail(self, chars: int = 3000) -> str:
+        """The log's end, from faulthandler's "Fatal Python error" on if it wrote one."""
+        text = self.log.read_text(errors="replace")
+        fatal = text.rfind("Fatal Python error:")
+        start = len(text) - chars if fatal < 0 else min(fatal, len(text) - chars)
+        return text[max(0, start) :]
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -58,33 +78,57 @@ class Server:
                 self.proc.wait(10)
 
 
+CRASH_HINT = (
+    " If llama.cpp crashed, check that llama-cpp-python is `make server`'s portable build"
+    " (a build tuned with -march=native crashed on an AVX-512 CPU)."
+)
+
+
+def exit_status(code: int) -> str:
+    """``exited with status 1``, or ``was killed by SIGSEGV (Segmentation fault), exit status -11``."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    description = signal.strsignal(-code)
+    about = f" ({description})" if description and description != name else ""
+    return f"was killed by {name}{about}, exit status {code}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def start_server(log: Path) -> Server:
-    """``python -m llama_cpp.server`` on the bundled SmolLM2 GGUF; returns once /v1/models answers."""
-    from teachlab.models import BUNDLED
+def start_server(log: Path, command: list[str] | None = None) -> Server:
+    """``python -m llama_cpp.server`` on the bundled SmolLM2 GGUF; returns once /v1/models answers.
 
-    gguf = BUNDLED["smollm2-135m-instruct"].gguf_path()
+    ``command`` replaces the server's command line, for tests of a server that dies starting.
+    """
     port = free_port()
-    # Two threads: the test machine may have only two cores.
-    command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
-        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-        "--n_threads", "2", "--n_threads_batch", "2", "--verbose", "false",
-    ]  # fmt: skip
+    if command is None:
+        from teachlab.models import BUNDLED
+
+        gguf = BUNDLED["smollm2-135m-instruct"].gguf_path()
+        # Two threads: the test machine may have only two cores. faulthandler writes a Python
+        # traceback to the log if llama.cpp crashes (the server itself logs nothing then).
+        command = [
+            sys.executable, "-X", "faulthandler", "-m", "llama_cpp.server", "--model", str(gguf),
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+            "--n_threads", "2", "--n_threads_batch", "2", "--verbose", "false",
+        ]  # fmt: skip
+    # llama.cpp's OpenMP threads spin between tokens by default; on a busy two-core machine they
+    # take the CPU from the server's own Python and a completion takes 5-10 times longer.
+    env = {"OMP_WAIT_POLICY": "passive", **os.environ}
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = Server(proc, f"http://127.0.0.1:{port}/v1", log)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"llama.cpp's server exited with status {proc.returncode}:\n{server.tail()}"
-            )
+        server.check_alive("while starting")
         try:
             with urllib.request.urlopen(server.url + "/models", timeout=2) as response:
                 if response.status == 200:
@@ -102,6 +146,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(tmp_path_factory.mktemp("llama-server") / "server.log")
     yield running
     running.stop()
+
+
+@pytest.fixture(autouse=True)
+def server_still_running(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test of the shared server fails with how it died, not with "Connection refused".
+
+    Checked before each test that uses it (an earlier test may have crashed it) and after (this
+    one may have: its own failure is then a connection error, and this says why).
+    """
+    if "server" not in request.fixturenames:
+        yield
+        return
+    running: Server = request.getfixturevalue("server")
+    running.check_alive("before this test")
+    yield
+    running.check_alive("during this test")
 
 
 @functools.cache
@@ -259,7 +319,9 @@ def test_the_draft_stage_stores_drafts_through_the_openai_backend(
     from teachlab.db import Draft, read_session
     from teachlab.jobs import runs
     from teachlab.jobs.executor import execute
-    from teachlab.studies import create_study, current_round
+    from teachlab.rounds import current_round
+    from teachlab.stages import STAGES
+    from teachlab.studies import create_study
 
     # The pipeline builds its backend from the study alone; the server comes from the env.
     monkeypatch.setenv("OPENAI_BASE_URL", server.url)
@@ -269,7 +331,7 @@ def test_the_draft_stage_stores_drafts_through_the_openai_backend(
     )
     rnd = current_round(study.id)  # type: ignore[arg-type]
     run = runs.create_run(study.id, "draft", round_id=rnd.id, seed=0)  # type: ignore[arg-type]
-    final = execute(run.id)  # type: ignore[arg-type]
+    final = execute(run.id, STAGES)  # type: ignore[arg-type]
     assert final.status == "succeeded", final.error
     with read_session() as session:
         drafts = session.exec(select(Draft).where(Draft.round_id == rnd.id)).all()
@@ -285,7 +347,7 @@ def test_the_draft_stage_stores_drafts_through_the_openai_backend(
     assert any(r.raw_output.strip() for r in rationales)
 
     # Resuming finds every key stored and asks the server for nothing more.
-    again = execute(runs.create_run(study.id, "draft", round_id=rnd.id, seed=0).id)  # type: ignore[arg-type]
+    again = execute(runs.create_run(study.id, "draft", round_id=rnd.id, seed=0).id, STAGES)  # type: ignore[arg-type]
     assert again.status == "succeeded", again.error
     assert again.result["questions"]["calls"] == 0
     assert again.result["rationales"]["skipped"] == len(rationales)
@@ -321,3 +383,43 @@ def test_a_server_killed_mid_run_gives_a_clear_error_after_bounded_retries(
     assert len(got) < len(requests)
     assert doomed.url in str(info.value) and "resume the stage" in str(info.value)
     assert elapsed < 30, f"the backend took {elapsed:.0f} s to give up"
+
+
+def test_a_server_that_crashes_while_starting_is_reported_with_its_signal_and_log(
+    tmp_path: Path,
+) -> None:
+    crash = (
+        "import resource, signal; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
+        "print('llama_model_loader: loaded', flush=True); signal.raise_signal(signal.SIGSEGV)"
+    )
+    with pytest.raises(pytest.fail.Exception) as info:
+        start_server(tmp_path / "crash.log", [sys.executable, "-c", crash])
+    message = str(info.value)
+    assert "died while starting: was killed by SIGSEGV (Segmentation fault)" in message
+    assert "exit status -11" in message and "llama_model_loader: loaded" in message
+    assert "Connection refused" not in message
+
+
+def test_a_crashed_server_fails_the_next_test_with_its_signal_not_a_connection_error(
+    tmp_path: Path,
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))  # no core file from the server
+    try:
+        crashed = start_server(tmp_path / "crashed.log")
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
+    try:
+        crashed.check_alive("before this test")  # alive: nothing to report
+        os.kill(crashed.proc.pid, signal.SIGSEGV)  # as llama.cpp's own crash does
+        crashed.proc.wait(10)
+        with pytest.raises(pytest.fail.Exception) as info:
+            crashed.check_alive("before this test")
+    finally:
+        crashed.stop()
+    message = str(info.value)
+    assert message.startswith(f"llama.cpp's server ({crashed.url}) died before this test: ")
+    assert "was killed by SIGSEGV (Segmentation fault), exit status -11" in message
+    assert "make server" in message
+    # faulthandler's report, from the server's log
+    assert "Fatal Python error: Segmentation fault" in message
