@@ -89,7 +89,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def requests_for(workload: str, task: Any, tok: Any, args: argparse.Namespace) -> list[Any]:
-    """The draft stage's teacher calls on ``task`` (see ``teachlab.draft``)."""
+    """The draft stage's teacher calls on ``task`` (see ``teachlab.stages.draft``)."""
     from teachlab import prompts
     from teachlab.backends import GenRequest
 
