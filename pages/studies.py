@@ -131,32 +131,40 @@ def build(state: AppState, current_study: gr.State) -> None:
         teacher: str,
         student: str,
         backend: str,
-        seed: float,
+        seed: int | None,
         *values: Any,
     ) -> tuple[Any, ...]:
         state.require_admin(request)
-        task_ref = task
+        # Typed and range-checked by StudyConfig, which names a bad or cleared field (int() here
+        # would fail on a cleared number box with a bare TypeError).
+        config = {f.name: value for f, value in zip(config_fields, values, strict=True)}
+        task_ref, new_upload = task, None
         if upload:
             from pathlib import Path
 
-            from teachlab.tasks import save_uploaded_task
+            from teachlab.tasks import sanitise_name, save_uploaded_task, uploads_dir
 
-            stored = save_uploaded_task(Path(upload), name or Path(upload).stem)
+            upload_name = sanitise_name(name or Path(upload).stem)
+            fresh = not (uploads_dir() / f"{upload_name}.jsonl").exists()
+            stored = save_uploaded_task(Path(upload), upload_name)
+            new_upload = stored if fresh else None
             task_ref = f"upload:{stored.stem}"
-        config: dict[str, Any] = {}
-        for f, value in zip(config_fields, values, strict=True):
-            if isinstance(f.default, int) and not isinstance(f.default, bool):
-                value = int(value)
-            config[f.name] = value
-        study = studies.create_study(
-            name,
-            task_ref,
-            teacher=teacher,
-            student=student,
-            backend=backend,
-            seed=int(seed or 0),
-            config=config,
-        )
+        try:
+            study = studies.create_study(
+                name,
+                task_ref,
+                teacher=teacher,
+                student=student,
+                backend=backend,
+                seed=0 if seed is None else seed,
+                config=config,
+            )
+        except Exception:
+            # A study that was not made leaves no upload behind: it would hold the name, and a
+            # corrected file under it would be refused as "a different task".
+            if new_upload is not None:
+                new_upload.unlink(missing_ok=True)
+            raise
         return (
             f"Created study **#{study.id} {study.name}** on `{study.task_ref}`.",
             studies_frame(),

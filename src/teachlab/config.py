@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
@@ -168,10 +169,15 @@ class StudyConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> StudyConfig:
+    def from_dict(cls, data: Mapping[str, Any] | None) -> StudyConfig:
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError(
+                f"Study settings must be a mapping of setting names to values, not "
+                f"{type(data).__name__} {data!r:.60}; for example {{'n_questions': 16}}."
+            )
         data = dict(data or {})
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(repr(k) if not isinstance(k, str) else k for k in set(data) - known)
         if unknown:
             raise ConfigError(
                 f"Unknown study setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}."

@@ -63,6 +63,7 @@ def explain(exc: BaseException) -> TeachlabError | None:
     everywhere and never show a traceback to the user.
     """
     import errno
+    import os
     import sqlite3
 
     if isinstance(exc, TeachlabError):
@@ -78,21 +79,31 @@ def explain(exc: BaseException) -> TeachlabError | None:
                 "try again in a moment, or stop the process that holds it (a stuck `teachlab` "
                 "command or a tool with the database open)."
             )
+        read_only = StorageError(
+            f"The study database in {where} is read-only; make the folder and its "
+            "teachlab.db writable, or set TEACHLAB_STORAGE to a writable folder."
+        )
         if "readonly" in text or "read-only" in text:
-            return StorageError(
-                f"The study database in {where} is read-only; make the folder and its "
-                "teachlab.db writable, or set TEACHLAB_STORAGE to a writable folder."
-            )
+            return read_only
         if "unable to open" in text:
+            # WAL mode opens its -wal and -shm files beside the database: on a read-only folder
+            # (a read-only mount, say) that fails as "unable to open", so say which it is.
+            if os.path.isdir(where) and not os.access(where, os.W_OK):
+                return read_only
             return StorageError(
                 f"Cannot open or create the study database in {where}: the folder is missing, "
                 "not a folder, or not writable; set TEACHLAB_STORAGE to a writable folder."
             )
+        full = ResourceError(
+            f"The disk holding {where} is full; free some space, then try again "
+            "(nothing stored was changed by the failed write)."
+        )
         if "full" in text:
-            return ResourceError(
-                f"The disk holding {where} is full; free some space, then try again "
-                "(nothing stored was changed by the failed write)."
-            )
+            return full
+        # A full disk often fails first on the -shm file WAL mode maps, as "disk I/O error":
+        # that is no damage, and moving the database aside would be the wrong advice.
+        if "disk i/o" in text and _free_bytes(where) < 1024 * 1024:
+            return full
         if "not a database" in text or "malformed" in text or "disk i/o" in text:
             return StorageError(
                 f"The study database {where}/teachlab.db is damaged ({inner}); move it aside "
@@ -101,9 +112,11 @@ def explain(exc: BaseException) -> TeachlabError | None:
             )
         return None
     if isinstance(exc, OSError):
-        name = getattr(exc, "filename", None) or where
-        if exc.errno == errno.ENOSPC:
-            return ResourceError(f"The disk is full (writing {name}); free some space, then retry.")
+        named = getattr(exc, "filename", None)
+        name = named or where
+        if exc.errno == errno.ENOSPC:  # a failed write() names no file: then name none
+            writing = f" (writing {named})" if named else ""
+            return ResourceError(f"The disk is full{writing}; free some space, then retry.")
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return StorageError(
                 f"{name} is not writable ({exc.strerror}); fix its permissions or set "
@@ -120,11 +133,26 @@ def explain(exc: BaseException) -> TeachlabError | None:
             "The machine ran out of memory; use smaller settings (batch sizes, n_probe, "
             "max_new_tokens) or a machine with more memory, then resume the run."
         )
+    if isinstance(inner, OverflowError) and "sqlite" in text:
+        return DataError(
+            "A number given is too large to look up or store (the study database takes whole "
+            f"numbers up to {2**63 - 1}); check the id or value and try again."
+        )
     if isinstance(exc, RecursionError):
         return DataError("The input is nested too deeply to read; flatten it and try again.")
     if type(exc).__name__ == "ValidationError" and hasattr(exc, "errors"):
         return ConfigError(_settings_message(exc))
     return None
+
+
+def _free_bytes(folder: str) -> int:
+    """Free bytes on the disk holding ``folder`` (a large number when that cannot be told)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free
+    except (OSError, ValueError):
+        return 2**62
 
 
 def _settings_message(exc: object) -> str:

@@ -21,6 +21,8 @@ from teachlab.settings import get_settings
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 DEMO_NAME = "demo"
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+MAX_GUIDELINES = 20_000  # characters: a page of rules, not a document
 # Where the bundled pair has a signal (docs/signal-check.md): the SmolLM2-135M student picks the
 # reasonable step of a wikiHow goal well above chance (0.62 vs 0.25 with 24 probes) and a
 # demonstration's effect on it reads the same on both probe halves (margin reliability 0.72),
@@ -61,6 +63,8 @@ class StudySummary:
 
 
 def _check_name(name: str) -> str:
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"Study name {name!r} is not text; give a name such as 'my-study'.")
     name = (name or "").strip()
     if not NAME_RE.match(name):
         raise ConfigError(
@@ -73,6 +77,15 @@ def _check_name(name: str) -> str:
             f"(for example 'study-{name}')."
         )
     return name
+
+
+def _check_ref(ref: object, role: str) -> str:
+    if not isinstance(ref, str):
+        raise ConfigError(
+            f"The {role} model {ref!r} is not text; give a reference such as "
+            "bundled:smollm2-135m-instruct, a Hugging Face id or a local folder."
+        )
+    return check_text(ref, f"The {role} model reference").strip()
 
 
 def create_study(
@@ -94,9 +107,9 @@ def create_study(
     name = _check_name(name)
     seed = check_seed(seed)
     description = check_text(description or "", "The description")
-    guidelines = check_text(guidelines or "", "The guidelines")
-    teacher = (teacher or settings.teacher).strip()
-    student = (student or settings.student).strip()
+    guidelines = _check_guidelines(guidelines or "")
+    teacher = _check_ref(teacher or settings.teacher, "teacher")
+    student = _check_ref(student or settings.student, "student")
     parse_ref(teacher)
     parse_ref(student)
     if backend not in BACKENDS:
@@ -135,8 +148,9 @@ def create_study(
 
 def find_study(session: Session, ref: int | str) -> Study:
     """A study by id or name, in an open session; NotFoundError naming how to list them."""
-    if isinstance(ref, int) or str(ref).isdigit():
-        study = session.get(Study, int(ref))
+    if isinstance(ref, int) or (str(ref).isascii() and str(ref).isdigit()):
+        # An id past SQLite's 64-bit integers is no study (binding it would overflow).
+        study = session.get(Study, int(ref)) if abs(int(ref)) <= MAX_ID else None
     else:
         study = session.exec(select(Study).where(Study.name == str(ref))).first()
     if study is None:
@@ -200,12 +214,24 @@ def duplicate_study(ref: int | str, new_name: str) -> Study:
     )
 
 
+def _check_guidelines(text: str) -> str:
+    text = check_text(text, "The guidelines")
+    if len(text) > MAX_GUIDELINES:
+        # Refused, not cut: a cut would drop rules without anyone knowing.
+        raise ConfigError(
+            f"The guidelines are {len(text):,} characters, over the limit of {MAX_GUIDELINES:,}. "
+            "Shorten them (link to a longer document instead)."
+        )
+    return text
+
+
 def update_guidelines(ref: int | str, text: str) -> None:
+    text = _check_guidelines(text)
     study = get_study(ref)
     with write_session() as session:
         row = session.get(Study, study.id)
         assert row is not None
-        row.guidelines = text[:20000]
+        row.guidelines = text
         session.add(row)
 
 

@@ -43,10 +43,27 @@ app.command()(runs.check)
 app.command()(runs.demo)
 
 
+def usage_line(exc: typer.TyperException) -> str:
+    """A usage error (unknown command, bad option value, missing argument) as one line naming
+    the command's help, instead of click's boxed, several-line form."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return f"{message}{where}"
+
+
 def main() -> None:
     """The command, behind the error boundary: every failure is one line on standard error."""
     try:
-        app()
+        # Not standalone: usage errors come back here to be printed as one line.
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's errors, as typer carries them
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            typer.echo(f"error: {usage_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
     except TeachlabError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -58,3 +75,4 @@ def main() -> None:
 
         typer.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

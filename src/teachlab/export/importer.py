@@ -117,17 +117,36 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     if path.is_dir():
         manifest = path / MANIFEST
         if manifest.is_file() and not (path / "state.json").is_file():
-            data_files = loads(manifest.read_text(encoding="utf-8"), manifest.name).get(
-                "data_files", ""
-            )
-            return load_records(path / Path(str(data_files)).name)
+            try:
+                info = loads(manifest.read_text(encoding="utf-8"), manifest.name)
+            except (ValueError, OSError) as exc:
+                raise DataError(
+                    f"Cannot read {manifest}: {exc}; restore the export folder or point to its "
+                    "data file."
+                ) from exc
+            data_files = info.get("data_files") if isinstance(info, dict) else None
+            if not isinstance(data_files, str) or not data_files.strip():
+                raise DataError(
+                    f'{manifest} names no data file (no "data_files" text); restore the '
+                    "export folder or point to its data file."
+                )
+            return load_records(path / Path(data_files).name)
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
             from datasets import DatasetDict, load_from_disk
 
-            loaded = load_from_disk(str(path))
-            if isinstance(loaded, DatasetDict):
-                loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
-            return list(loaded.to_list())
+            try:
+                loaded = load_from_disk(str(path))
+                if isinstance(loaded, DatasetDict):
+                    loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+                return list(loaded.to_list())
+            except (ValueError, OSError, KeyError, TypeError, StopIteration) as exc:
+                # The library's own errors for a damaged folder: missing or garbled state and
+                # data files, no splits.
+                raise DataError(
+                    f"Cannot read {path} as a `datasets` folder ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); save it again with save_to_disk, or point to a JSONL or "
+                    "Parquet file."
+                ) from exc
         raise DataError(
             f"{path} is neither a `datasets` folder (save_to_disk) nor a TeachLab export; "
             "point to the folder's data file, or to a JSONL or Parquet file."
@@ -144,9 +163,11 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
             text = path.read_text(encoding="utf-8")
             if text.lstrip().startswith("["):
                 return list(loads(text, path.name))
+            # Split on "\n" only: exports keep U+2028 and friends inside strings, which
+            # splitlines() would split on.
             return [
                 loads(line, f"{path.name} line {i}")
-                for i, line in enumerate(text.splitlines(), 1)
+                for i, line in enumerate(text.split("\n"), 1)
                 if line.strip()
             ]
     except (ValueError, OSError) as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from teachlab.errors import DataError
+from teachlab.parsing import check_text
 from teachlab.tasks.bigbench import fetch_bigbench, list_bigbench, load_bigbench
 from teachlab.tasks.files import load_task_file, sanitise_name, save_uploaded_task, uploads_dir
 from teachlab.tasks.model import Example, Task
@@ -45,6 +46,9 @@ def list_uploads() -> list[str]:
 def resolve_task(ref: str) -> Task:
     """The Task a reference names: ``bigbench:<name>``, ``file:<path>``, ``upload:<name>`` or
     ``hf:<dataset>[:<config>]:<split>``."""
+    if not isinstance(ref, str):
+        raise DataError(f"Task reference {ref!r} is not text; use one of {REF_FORMS}.")
+    check_text(ref, "The task reference")
     scheme, sep, rest = ref.strip().partition(":")
     rest = rest.strip()
     if not sep or not rest:

@@ -10,6 +10,7 @@ import codecs
 import csv
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -153,7 +154,7 @@ def _jsonl_records(text: str, problems: _Problems) -> list[tuple[int, dict]]:
             problems.add(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
             continue
         except DataError as exc:
-            problems.add(number, None, str(exc).removeprefix(f"line {number} "))
+            problems.add(number, None, str(exc).removeprefix(f"line {number} ").rstrip("."))
             continue
         if not isinstance(value, dict):
             problems.add(number, None, f"expected a JSON object, got a JSON {_json_type(value)}")
@@ -211,6 +212,10 @@ def _json_type(value: object) -> str:
 
 def _text_field(line: int, record: dict, key: str, problems: _Problems) -> str | None:
     value = record[key]
+    if isinstance(value, float) and not math.isfinite(value):
+        # json reads NaN and Infinity, which JSON itself has no words for; "nan" is no answer.
+        problems.add(line, key, f"is {value}, not a finite number or a string")
+        return None
     if isinstance(value, int | float) and not isinstance(value, bool) and key == "target":
         value = str(value)  # {"target": 42} means "42"
     if isinstance(value, list) and key == "target" and value:
@@ -342,10 +347,15 @@ def save_uploaded_task(src: Path, name: str) -> Path:
         return dest
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{safe}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            if exc.filename is None:  # a failed write names no file; the message should
+                exc.filename = str(dest)
+            raise
         try:
             # link() refuses to overwrite, so two uploads racing for one name cannot clobber.
             os.link(tmp, dest)
