@@ -6,7 +6,7 @@ generic "Error", no "this is a bug") and must leave the database, row for row, a
 
 Real processes on a real database: the CLI runs as a subprocess, the web app is served on a free
 port and driven over HTTP. Figures go to docs/reliability.md through ``report`` (set
-TEACHLAB_FAULT_REPORT to a folder).
+TEACHLAB_TEST_FAULT_REPORT to a folder).
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ from teachlab.settings import get_settings
 
 pytestmark = pytest.mark.faults
 # Read once at import: the conftest's storage fixture clears every TEACHLAB_* variable per test.
-REPORT_DIR = os.environ.get("TEACHLAB_FAULT_REPORT")
+REPORT_DIR = os.environ.get("TEACHLAB_TEST_FAULT_REPORT")
 AUTH = "admin:pw:admin,ann:pw:annotator"
 
 
 def report(name: str, figures: dict[str, Any]) -> None:
-    """Keep a test's figures for docs/reliability.md (when TEACHLAB_FAULT_REPORT names a folder)."""
+    """Keep a test's figures for docs/reliability.md (when TEACHLAB_TEST_FAULT_REPORT names a folder)."""
     if REPORT_DIR:
         Path(REPORT_DIR).mkdir(parents=True, exist_ok=True)
         (Path(REPORT_DIR) / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str))
