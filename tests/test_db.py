@@ -47,13 +47,17 @@ def test_older_database_upgrades_in_place_keeping_rows(storage: Path) -> None:
     path = storage / "old.db"
     store = Store(path).migrate("0001")
     assert store.revision() == "0001"
-    with store.write() as session:
-        study = Study(
-            name="kept", task_ref="bigbench:x", teacher="t", student="s", config={"n_probe": 4}
+    # Rows as the 0001 schema has them (today's models have columns it lacks).
+    with store.engine().begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO study (name, description, task_ref, teacher, student, backend, seed, "
+            "config, splits, guidelines, created_at, archived) VALUES ('kept', '', 'bigbench:x', "
+            "'t', 's', 'transformers', 0, '{\"n_probe\": 4}', '{}', '', '2026-01-01', 0)"
         )
-        session.add(study)
-        session.flush()
-        session.add(Round(study_id=study.id, teacher="t", student="s"))
+        conn.exec_driver_sql(
+            "INSERT INTO round (study_id, \"index\", teacher, student, status, created_at) "
+            "VALUES (1, 0, 't', 's', 'open', '2026-01-01')"
+        )
     reset()
     store.migrate()
     assert store.revision() == head_revision()

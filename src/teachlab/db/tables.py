@@ -40,6 +40,10 @@ class Study(SQLModel, table=True):
     guidelines: str = _text()
     created_at: datetime = Field(default_factory=utcnow)
     archived: bool = False
+    # A study an experiment made for one of its tasks and seeds (None: a study of its own).
+    experiment_id: int | None = Field(
+        default=None, foreign_key="experiment.id", ondelete="CASCADE", index=True
+    )
 
 
 class Round(SQLModel, table=True):
@@ -52,6 +56,8 @@ class Round(SQLModel, table=True):
     student: str
     student_adapter: str | None = None
     status: str = "open"  # open | done
+    # An experiment arm's branch of round 0: its tailored data and adapters (None: a round).
+    arm: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -225,6 +231,53 @@ class SignalCheck(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class Experiment(SQLModel, table=True):
+    """Arms compared on tasks and seeds; its studies hold each task's shared first round."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    spec: dict[str, Any] = _json()  # ExperimentSpec as a dict: tasks, arms, seeds, settings
+    estimate: dict[str, Any] = _json()  # the compute estimate made before it ran
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ItemResult(SQLModel, table=True):
+    """One held-out test item as an arm's student answered it: the unit of paired statistics."""
+
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "arm", "task", "seed", "mode", "shots", "item"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", ondelete="CASCADE", index=True)
+    run_id: int | None = Field(default=None, foreign_key="run.id", ondelete="SET NULL")
+    arm: str
+    task: str  # task reference
+    seed: int
+    mode: str  # loglik | cot
+    shots: int
+    item: int  # the example's index in its task
+    correct: bool
+    predicted: str = ""
+
+
+class Cost(SQLModel, table=True):
+    """What one step of an experiment spent: time, tokens, memory (and GPU time on a GPU)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", ondelete="CASCADE", index=True)
+    run_id: int | None = Field(default=None, foreign_key="run.id", ondelete="SET NULL")
+    arm: str | None = None  # None: a step the arms share (drafts, scores, pairs)
+    stage: str
+    seed: int
+    task: str | None = None  # None: pooled over tasks
+    seconds: float
+    tokens_generated: int = 0
+    tokens_scored: int = 0  # tokens read by forward passes (prompts, scoring, training)
+    peak_rss_mb: float = 0.0
+    gpu_seconds: float | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 ALL_TABLES = (
     Study,
     Round,
@@ -236,4 +289,7 @@ ALL_TABLES = (
     Metric,
     Evaluation,
     SignalCheck,
+    Experiment,
+    ItemResult,
+    Cost,
 )
