@@ -1,12 +1,14 @@
 """What every page shares: the app state, the user's role, and safe rendering of model text.
 
 Roles are checked on the server in every state-changing handler (a hidden button still
-answers HTTP). Model output is untrusted: it is escaped before any HTML component.
+answers HTTP). Model output is untrusted: it is escaped before any HTML component (``esc``,
+``pre``), and before any Markdown one (``md``).
 """
 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
@@ -79,6 +81,19 @@ def ui_errors(fn: F) -> F:
 def esc(text: object) -> str:
     """HTML-escape untrusted text (model output, annotator notes, task data)."""
     return html.escape("" if text is None else str(text), quote=True)
+
+
+# The ASCII punctuation a backslash escapes in Markdown, less what html.escape leaves only in
+# entities (& ; and no < >) and "/" (which starts nothing once ":" is escaped).
+_MARKDOWN_PUNCTUATION = re.compile(r"""([!"#$%'()*+,\-.:=?@\[\\\]^_`{|}~])""")
+
+
+def md(text: object) -> str:
+    """Untrusted text inside a Markdown component: HTML-escaped, and its Markdown punctuation
+    backslash-escaped, so it shows as typed, never as a link, an image or formatting (``esc``
+    alone stops HTML only: ``![x](javascript:…)`` would still render as an image)."""
+    plain = html.escape("" if text is None else str(text), quote=False)
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", plain)
 
 
 def pre(text: object) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, pre, ui_errors, when_round_chosen
+from pages.common import AppState, esc, md, pre, ui_errors, when_round_chosen
 from pages.runs import live_timer
 from teachlab import views
 from teachlab.db import Draft
@@ -47,7 +47,7 @@ def live_md(study_id: int) -> str:
         return ""
     return (
         f"**Run #{run.id} ({run.kind}) {run.status}**: {run.progress_done}/{run.progress_total}"
-        f" — {esc(run.message)}. New drafts appear here as they are stored."
+        f" — {md(run.message)}. New drafts appear here as they are stored."
     )
 
 

@@ -3,6 +3,7 @@ zip with its dataset card; admins may push an export to the Hugging Face Hub (dr
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import gradio as gr
@@ -25,6 +26,13 @@ def round_choices(study_id: int | None) -> list[tuple[str, int]]:
         return []
     found = rounds.rounds(int(study_id))
     return [("all rounds", ALL_ROUNDS), *((f"round {r.index}", r.index) for r in found)]
+
+
+def card_source(card: str) -> str:
+    """The dataset card as the text it is, in a fence longer than any backtick run inside: what
+    it quotes (the study's name, task and models) never renders as Markdown or HTML here."""
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", card)), default=0))
+    return f"{fence}markdown\n{card}\n{fence}"
 
 
 def make_export(
@@ -63,7 +71,7 @@ def make_export(
     archive = ex.zip_export(result.name)
     head = f"**{result.rows} rows** exported as `{result.name}` ({result.form} form)."
     notes = "".join(f"\n\n> {n}" for n in result.notes)
-    return str(archive), f"{head}{notes}\n\n---\n\n{result.card}", result.name
+    return str(archive), f"{head}{notes}\n\n{card_source(result.card)}", result.name
 
 
 def push(name: str, repo_id: str, private: bool, dry_run: bool) -> str:
@@ -103,7 +111,7 @@ def build(state: AppState, current_study: gr.State) -> None:
         name = gr.Textbox(label="Export name (optional)", placeholder="letters, digits, _ - .")
         go = gr.Button("Export", variant="primary", scale=0)
     download = gr.File(label="Download (zip)", interactive=False)
-    card = gr.Markdown()
+    card = gr.Markdown(elem_id="export-card")
 
     with gr.Accordion("Push to the Hugging Face Hub (admins)", open=False):
         with gr.Row():

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, ui_errors
+from pages.common import AppState, md, ui_errors
 from teachlab import charts, views
 
 LEVEL_ICON = {"ok": "✅", "warn": "⚠️", "stop": "⛔"}
@@ -43,16 +43,16 @@ def _before_after(before: str, after: str | None) -> str:
 
 
 def _round_line(r: dict[str, Any]) -> str:
-    label = f"‘{esc(r['label'])}’" if r["label"] is not None else "no label"
+    label = f"‘{md(r['label'])}’" if r["label"] is not None else "no label"
     parts = []
     if r["pairs"]:
         parts.append(
             f"chosen {_pct(r['chosen_share'])} {label} vs rejected {_pct(r['rejected_share'])}"
         )
     if r["draft_share"] is not None or r["tailored_share"] is not None:
-        teacher = esc(r["draft_teacher"] or "none")
+        teacher = md(r["draft_teacher"] or "none")
         tailored = (
-            f"{_pct(r['tailored_share'])} of tailored ({esc(r['tailored_teacher'])})"
+            f"{_pct(r['tailored_share'])} of tailored ({md(r['tailored_teacher'])})"
             if r["tailored_share"] is not None
             else None
         )

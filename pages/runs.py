@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, signal_panel, ui_errors
+from pages.common import AppState, esc, md, signal_panel, ui_errors
 from teachlab import charts, views
 from teachlab.errors import NotFoundError
 from teachlab.jobs import queue, runs
@@ -206,7 +206,7 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         run_id = _watched(study.id, value)  # type: ignore[arg-type]
         status = views.run_status(run_id) if run_id else None
         return (
-            f"Launches on **round {rnd.index}** ({rnd.status}) of study **{esc(study.name)}**."
+            f"Launches on **round {rnd.index}** ({rnd.status}) of study **{md(study.name)}**."
             f"\n\n{signal_panel(rnd.id)}",
             views.cli_command(study.name, kind or "round"),
             gr.Dropdown(choices=options, value=value),

@@ -46,3 +46,14 @@ def db_path(storage: Path) -> Path:
 
 def bigbench_available(name: str = "date_understanding") -> bool:
     return (SHARED_DATA / "bigbench" / name / "task.json").is_file()
+
+
+def fault_report(name: str, figures: dict) -> None:
+    """Keep a fault test's figures for docs/reliability.md, as JSON in the folder that
+    TEACHLAB_TEST_FAULT_REPORT names (nothing when it is unset)."""
+    import json
+
+    folder = os.environ.get("TEACHLAB_TEST_FAULT_REPORT")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str))

@@ -5,7 +5,6 @@ to have each test write its figures there as JSON.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -22,17 +21,10 @@ from sqlmodel import select
 
 from teachlab.db import Metric, Round, Study, read_session, write_session
 from teachlab.jobs import runs
+from tests.conftest import fault_report
 
 pytestmark = pytest.mark.faults
 HERE = Path(__file__).resolve().parent
-
-
-def report(name: str, figures: dict[str, Any]) -> None:
-    """Keep a test's figures for docs/reliability.md (when TEACHLAB_TEST_FAULT_REPORT names a folder)."""
-    folder = os.environ.get("TEACHLAB_TEST_FAULT_REPORT")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str))
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -108,7 +100,7 @@ def test_a_paused_executor_that_lost_its_lease_writes_nothing_more(db_path: Path
     assert final.status == "succeeded" and final.result["writer"] == f"pid{second.pid}"
     assert final.attempts == 2 and f"run {run.id}: succeeded" in output
     assert integrity(db_path) == "ok"
-    report(
+    fault_report(
         "split_brain",
         {
             "first_rows_before_pause": len(before[first_name]),
@@ -145,7 +137,9 @@ def test_a_killed_foreground_run_is_taken_over_by_a_worker_within_15_s(db_path: 
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
     assert 0 < takeover_s <= 15, takeover_s
-    report("takeover", {"stale_after_s": runs.STALE_AFTER_S, "takeover_s": round(takeover_s, 1)})
+    fault_report(
+        "takeover", {"stale_after_s": runs.STALE_AFTER_S, "takeover_s": round(takeover_s, 1)}
+    )
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -342,4 +336,4 @@ def test_sigkill_at_random_points_of_every_stage_loses_nothing(db_path: Path) ->
     assert len(kills) >= 20, f"only {len(kills)} kills landed"
     assert all(k["integrity"] == "ok" for k in kills)
     assert integrity(db_path) == "ok"
-    report("kill_points", {"kills": len(kills), "stages": stages, "each": kills})
+    fault_report("kill_points", {"kills": len(kills), "stages": stages, "each": kills})

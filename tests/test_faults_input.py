@@ -39,18 +39,11 @@ from teachlab.db import read_session
 from teachlab.db.store import reset
 from teachlab.errors import TeachlabError
 from teachlab.settings import get_settings
+from tests.conftest import fault_report
 
 pytestmark = pytest.mark.faults
 # Read once at import: the conftest's storage fixture clears every TEACHLAB_* variable per test.
-REPORT_DIR = os.environ.get("TEACHLAB_TEST_FAULT_REPORT")
 AUTH = "admin:pw:admin,ann:pw:annotator"
-
-
-def report(name: str, figures: dict[str, Any]) -> None:
-    """Keep a test's figures for docs/reliability.md (when TEACHLAB_TEST_FAULT_REPORT names a folder)."""
-    if REPORT_DIR:
-        Path(REPORT_DIR).mkdir(parents=True, exist_ok=True)
-        (Path(REPORT_DIR) / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str))
 
 
 # ---------------------------------------------------------------- what "unchanged" means
@@ -1026,7 +1019,7 @@ def malformed_report() -> Iterator[None]:
         surface = kind.split(":")[0]
         by_surface[surface] = by_surface.get(surface, 0) + 1
     if ran:
-        report(
+        fault_report(
             "malformed_inputs",
             {
                 "kinds": len(KINDS),
@@ -1192,7 +1185,7 @@ def test_an_anonymous_client_is_refused_everything(
 def roles_report() -> Iterator[None]:
     yield
     if ATTEMPTS["annotator"] or ATTEMPTS["anonymous"]:
-        report(
+        fault_report(
             "role_violations",
             {
                 "admin_only_endpoints": sorted(ADMIN_ONLY),
@@ -1388,4 +1381,4 @@ def test_a_bad_port_setting(port: str, expect: str, db_path: Path) -> None:
 def storage_report() -> Iterator[None]:
     yield
     if OUTCOMES:
-        report("storage_faults", OUTCOMES)
+        fault_report("storage_faults", OUTCOMES)
