@@ -55,7 +55,7 @@ def test_older_database_upgrades_in_place_keeping_rows(storage: Path) -> None:
             "'t', 's', 'transformers', 0, '{\"n_probe\": 4}', '{}', '', '2026-01-01', 0)"
         )
         conn.exec_driver_sql(
-            "INSERT INTO round (study_id, \"index\", teacher, student, status, created_at) "
+            'INSERT INTO round (study_id, "index", teacher, student, status, created_at) '
             "VALUES (1, 0, 't', 's', 'open', '2026-01-01')"
         )
     reset()
