@@ -171,7 +171,11 @@ def run_worker() -> None:
     if recovered:
         log.info("re-queued runs %s", recovered)
     threading.Thread(target=_reap_often, daemon=True, name="reaper").start()
-    consumer = get_huey().create_consumer(workers=1, worker_type="thread", periodic=True)
+    # Poll at least once a second (huey backs off to 10 s when idle): a run re-queued by the
+    # reaper is taken over within seconds.
+    consumer = get_huey().create_consumer(
+        workers=1, worker_type="thread", periodic=True, max_delay=1.0
+    )
     consumer.run()
 
 
