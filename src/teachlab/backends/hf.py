@@ -113,6 +113,8 @@ class HFBackend:
         self.adapter_hash = loaded.adapter_sha256
         self.weights_sha256 = loaded.weights_sha256
         self._prefix: tuple[tuple[int, ...], Any] | None = None  # (prefix ids, bs=1 KV cache)
+        # Tokens run through the model: prompts (a shared prefix counted once) and new ones.
+        self.tokens = {"prompt": 0, "generated": 0}
         self.eos_ids = eos_ids(self.model, self.tokenizer)
         pad_id = self.tokenizer.pad_token_id
         self.pad_id: int = self.tokenizer.eos_token_id if pad_id is None else pad_id
@@ -132,6 +134,7 @@ class HFBackend:
         torch.manual_seed(batch_seed(first))
         with torch.inference_mode():
             context, cache = self._prefix_cache(encoded)
+            self.tokens["prompt"] += sum(len(ids) - context for ids in encoded)
             new_ids = decode_batch(
                 self.model,
                 cache,
@@ -143,6 +146,7 @@ class HFBackend:
                 stopped=lambda ids: _stopped(self.tokenizer, ids, first.stop),
                 temperature=first.temperature,
             )
+        self.tokens["generated"] += sum(len(ids) for ids in new_ids)
         return [
             cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), first.stop)
             for ids in new_ids
@@ -164,6 +168,7 @@ class HFBackend:
         key = tuple(encoded[0][:-1])
         if self._prefix is None or self._prefix[0] != key:
             self._prefix = (key, encode_prefix(self.model, key))
+            self.tokens["prompt"] += len(key)
         return len(key), self._prefix[1]
 
     def choose(self, prompt: str, options: Sequence[str], closing: str = "") -> list[float]:

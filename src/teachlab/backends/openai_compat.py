@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -72,6 +73,9 @@ class OpenAIBackend:
         self.model = self._probe(served_model or model)
         self.name = f"openai:{self.model}@{self.base_url}"
         self.adapter_hash: str | None = None
+        # Tokens as the server reports them (its usage block; zero when it sends none).
+        self.tokens = {"prompt": 0, "generated": 0}
+        self._count = threading.Lock()
 
     def _probe(self, model: str) -> str:
         """Check the server answers; pick its only model when ours is not among its names."""
@@ -121,6 +125,11 @@ class OpenAIBackend:
                     stop=list(request.stop) or None,
                     extra_body=self.extra_body or None,
                 )
+                usage = getattr(response, "usage", None)
+                if usage is not None:
+                    with self._count:
+                        self.tokens["prompt"] += int(getattr(usage, "prompt_tokens", 0) or 0)
+                        self.tokens["generated"] += int(getattr(usage, "completion_tokens", 0) or 0)
                 # Servers strip the stop string already; cutting again is a no-op then.
                 return cut_at_stop(response.choices[0].text or "", request.stop)
             except openai.APIError as exc:

@@ -9,6 +9,8 @@ progress write or check raises ``LeaseLost`` and this executor stops without wri
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -87,6 +89,49 @@ class RunContext:
             yield session
 
 
+class ResourceMeter:
+    """Peak resident memory of this process while a run executes (sampled twice a second) and
+    its wall time; GPU time is the wall time when the run used a CUDA device."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.peak = 0
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="rss")
+
+    def _sample(self) -> None:
+        import psutil
+
+        self.peak = max(self.peak, psutil.Process().memory_info().rss)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> ResourceMeter:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval * 2)
+        self._sample()
+
+    def figures(self) -> dict[str, Any]:
+        seconds = time.monotonic() - self.started
+        torch = sys.modules.get("torch")
+        on_gpu = bool(
+            torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
+        )
+        return {
+            "seconds": round(seconds, 2),
+            "peak_rss_mb": round(self.peak / 2**20, 1),
+            "gpu_seconds": round(seconds, 2) if on_gpu else None,
+        }
+
+
 def execute(
     run_id: int,
     stages: StageTable,
@@ -105,14 +150,17 @@ def execute(
         try:
             ctx.provenance({"log": str(ctx.log_path)})
             ctx.log(f"{run.kind} started (attempt {run.attempts}, seed {run.seed})")
-            _run_stage(ctx, run, lease, stages)
+            with ResourceMeter() as meter:
+                _run_stage(ctx, run, lease, stages, meter)
         except LeaseLost as exc:
             # Another executor holds the run now: it records what happens next, not us.
             ctx.log(f"stopped: {exc}")
     return runs.get_run(run_id)
 
 
-def _run_stage(ctx: RunContext, run: Run, lease: Lease, stages: StageTable) -> None:
+def _run_stage(
+    ctx: RunContext, run: Run, lease: Lease, stages: StageTable, meter: ResourceMeter
+) -> None:
     try:
         stage = stages.get(run.kind)
         if stage is None:
@@ -141,4 +189,6 @@ def _run_stage(ctx: RunContext, run: Run, lease: Lease, stages: StageTable) -> N
         )
     else:
         ctx.log("succeeded")
+        # What this attempt spent, kept with the run (an experiment's costs are read from it).
+        ctx.provenance({"resources": meter.figures()})
         runs.finish(lease, "succeeded", result=result)

@@ -117,6 +117,8 @@ class Scorer:
         )
         from teachlab.decoding import eos_ids  # here: torch stays out of start-up
 
+        # Tokens the student read (demonstrations, questions, choices) and wrote (cot mode).
+        self.tokens = {"scored": 0, "generated": 0}
         self.pad_id = _pad_id(tokenizer)
         self.eos_ids = eos_ids(model, tokenizer)
 
@@ -129,7 +131,9 @@ class Scorer:
         from teachlab.score import loglik
 
         prefix = self.builder.prefix_ids(demos)
+        self.tokens["scored"] += len(prefix) + sum(len(q) for q in self.question_ids)
         if self.mode == "loglik":
+            self.tokens["scored"] += sum(len(c) for cands in self.candidate_ids for c in cands)
             results = loglik.loglik_batched(
                 self.model,
                 prefix,
@@ -152,6 +156,7 @@ class Scorer:
             batch_size=self.batch_size,
             budget_bytes=self.cache_budget_bytes,
         )
+        self.tokens["generated"] += sum(len(t) for t in tokens)
         return [self._generate_outcome(p, t) for p, t in zip(self.probes, tokens, strict=True)]
 
     def score_reference(self, demos: Sequence[Demo] = ()) -> list[ProbeOutcome]:

@@ -27,6 +27,7 @@ def trained(ctx: RunContext, result: TrainResult, rows: int, what: str) -> dict[
         "steps": result.global_step,
         "resumed_from": result.resumed_from,
         "metrics": result.metrics,
+        "tokens": {"trained": result.tokens},
     }
 
 

@@ -59,9 +59,10 @@ def stage_draft(ctx: StageContext, run: Run) -> dict[str, Any]:
                 "prefill on or lower the question temperature in the study settings, then resume."
             )
         rationales = draft_rationales(ctx, loaded.id, backend, phase="draft")
+        tokens = dict(getattr(backend, "tokens", {}))
     finally:
         backend.close()
-    return {"questions": questions, "rationales": rationales}
+    return {"questions": questions, "rationales": rationales, "tokens": tokens}
 
 
 # ---------------------------------------------------------------- shared helpers

@@ -26,6 +26,7 @@ def stage_regenerate(ctx: StageContext, run: Run) -> dict[str, Any]:
     try:
         questions = draft_questions(ctx, loaded.id, backend, phase="tailored")
         rationales = draft_rationales(ctx, loaded.id, backend, phase="tailored")
+        tokens = dict(getattr(backend, "tokens", {}))
     finally:
         backend.close()
-    return {"questions": questions, "rationales": rationales, "adapter": adapter}
+    return {"questions": questions, "rationales": rationales, "adapter": adapter, "tokens": tokens}

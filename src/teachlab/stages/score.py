@@ -63,7 +63,13 @@ def stage_score(ctx: StageContext, run: Run) -> dict[str, Any]:
         )
     score_questions(ctx, loaded.id)
     baseline = baseline_score(loaded.id, mode)
-    return {"scored": len(todo), "total": len(rationales), "baseline": baseline, "mode": mode}
+    return {
+        "scored": len(todo),
+        "total": len(rationales),
+        "baseline": baseline,
+        "mode": mode,
+        "tokens": dict(scorer.tokens),
+    }
 
 
 def store_outcomes(

@@ -47,6 +47,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # last value of each logged metric
     resumed_from: int | None = None  # checkpoint step this call resumed from
     full_model: bool = False
+    tokens: int = 0  # tokens trained on: steps × batch × mean sequence length (both DPO sides)
 
 
 # --- tokenisation ---------------------------------------------------------------------------

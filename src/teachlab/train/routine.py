@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -169,10 +169,16 @@ def train(
         **method.settings,
     )
     plan_hash = fingerprint(plan, map(method.hashed, rows))
+    # DPO runs the prompt with each of its two completions: two sequences a row.
+    per_row = sum(lengths) / len(lengths) * (2 if method.kind == "dpo" else 1)
+
+    def counted(result: TrainResult) -> TrainResult:
+        return replace(result, tokens=round(result.global_step * schedule.batch * per_row))
+
     done = finished_result(run_dir, plan_hash)
     if done is not None:
         ctx.log(method.reused.format(run_dir=run_dir, sha=done.adapter_sha256[:12]))
-        return done
+        return counted(done)
     resume = prepare_checkpoints(run_dir, plan_hash)
     ctx.log(method.started.format(rows=len(rows), longest=max(lengths), limit=limit))
     metrics = DbMetricsCallback(ctx, run_id)
@@ -187,15 +193,17 @@ def train(
         max_length=limit,
         callbacks=[metrics, CompleteMarker(ctx, run_id)],
     )
-    return run_training(
-        trainer,
-        ctx,
-        run_dir=run_dir,
-        plan_hash=plan_hash,
-        resume=resume,
-        metrics=metrics,
-        run_id=run_id,
-        full_model=not config.lora,
+    return counted(
+        run_training(
+            trainer,
+            ctx,
+            run_dir=run_dir,
+            plan_hash=plan_hash,
+            resume=resume,
+            metrics=metrics,
+            run_id=run_id,
+            full_model=not config.lora,
+        )
     )
 
 
