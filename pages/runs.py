@@ -23,7 +23,7 @@ LATEST = 0  # the run picker's "follow the study's latest run" choice
 
 def stage_choices() -> list[tuple[str, str]]:
     """The launchable stages: a whole round first, then each stage in the table's order."""
-    order = sorted(STAGES.values(), key=lambda s: s.name != "round")
+    order = sorted((s for s in STAGES.values() if s.launchable), key=lambda s: s.name != "round")
     return [(f"{s.name} — {s.help}", s.name) for s in order]
 
 

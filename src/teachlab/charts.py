@@ -370,3 +370,77 @@ def draft_lengths(rows: Iterable[Row]) -> go.Figure:
     fig.update_xaxes(categoryorder="array", categoryarray=[f"round {r}" for r in rounds])
     fig.update_yaxes(title="rationale length (words)", rangemode="tozero")
     return _layout(fig, "Rationale length before (draft) vs after (tailored)", boxmode="group")
+
+
+POOLED_TASK = "all"  # a difference row's task for all tasks pooled
+
+
+def forest_plot(differences: Iterable[Row], reference: str) -> go.Figure:
+    """Each arm's accuracy difference from ``reference`` with its CI: one row per arm × task,
+    the pooled rows ("all", bold) at the bottom, one colour per mode × shots, a line at 0.
+
+    rows: arm, task, mode, shots, diff, ci [low, high] (optional: n, p, p_holm), as
+    ``teachlab.experiments.compare`` returns them.
+    """
+    rows = list(differences)
+    title = f"Accuracy difference from {reference} (arm − {reference})"
+    if not rows:
+        return empty_figure(
+            title,
+            f"No paired differences yet: evaluate {reference} and another arm "
+            "on the same test items.",
+        )
+    # Rows top to bottom: each arm's tasks in the order given, then every pooled row.
+    labels: list[tuple[str, str]] = []
+    for r in sorted(rows, key=lambda r: r["task"] == POOLED_TASK):
+        if (r["arm"], r["task"]) not in labels:
+            labels.append((r["arm"], r["task"]))
+    position = {label: len(labels) - 1 - i for i, label in enumerate(labels)}
+    groups = list(dict.fromkeys((r["mode"], r["shots"]) for r in rows))
+    # Settings sharing a row sit side by side rather than on top of each other.
+    spread = 0.5 / max(len(groups), 1)
+    fig = go.Figure()
+    for g, (mode, shots) in enumerate(groups):
+        items = [r for r in rows if (r["mode"], r["shots"]) == (mode, shots)]
+        offset = (g - (len(groups) - 1) / 2) * spread
+        ci = [r.get("ci") or (r["diff"], r["diff"]) for r in items]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["diff"] for r in items],
+                y=[position[(r["arm"], r["task"])] + offset for r in items],
+                mode="markers",
+                name=f"{mode} · {shots}-shot",
+                marker={"color": LABEL_COLORS[g % len(LABEL_COLORS)], "size": 8},
+                error_x={
+                    "type": "data",
+                    "array": [hi - r["diff"] for r, (_, hi) in zip(items, ci, strict=True)],
+                    "arrayminus": [r["diff"] - lo for r, (lo, _) in zip(items, ci, strict=True)],
+                    "visible": True,
+                },
+                customdata=[
+                    [r["arm"], r["task"], lo, hi, r.get("n"), r.get("p"), r.get("p_holm")]
+                    for r, (lo, hi) in zip(items, ci, strict=True)
+                ],
+                hovertemplate=(
+                    "%{customdata[0]} · %{customdata[1]}<br>diff %{x:+.3f} "
+                    "[%{customdata[2]:+.3f}, %{customdata[3]:+.3f}]<br>n %{customdata[4]}, "
+                    "p %{customdata[5]:.3g}, p_holm %{customdata[6]:.3g}<extra></extra>"
+                ),
+            )
+        )
+    fig.add_vline(x=0, line_color="#555", line_width=1)
+    pooled = [position[label] for label in labels if label[1] == POOLED_TASK]
+    if pooled and len(pooled) < len(labels):
+        fig.add_hline(y=max(pooled) + 0.5, line_dash="dot", line_color="#bbb")
+    fig.update_yaxes(
+        tickmode="array",
+        tickvals=[position[label] for label in labels],
+        ticktext=[
+            f"<b>{arm} · all tasks</b>" if task == POOLED_TASK else f"{arm} · {task}"
+            for arm, task in labels
+        ],
+        range=[-0.75, len(labels) - 0.25],
+        showgrid=False,
+    )
+    fig.update_xaxes(title=f"accuracy difference (arm − {reference}), with CI", zeroline=False)
+    return _layout(fig, title, height=max(320, 120 + 22 * len(labels)))

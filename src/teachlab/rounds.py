@@ -74,6 +74,12 @@ class LoadedRound:
     def id(self) -> int:
         return row_id(self.round)
 
+    @property
+    def seed_index(self) -> int:
+        """The round index that request seeds derive from: an experiment arm's round draws the
+        seeds of round 0, which it branches, so arms differ only by their teacher."""
+        return 0 if self.round.arm else self.round.index
+
     @cached_property
     def task(self) -> Task:
         return study_task(self.study)

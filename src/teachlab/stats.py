@@ -184,3 +184,141 @@ def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:
     if np.isclose(p_e, 1.0):
         return float("nan")
     return (p_o - p_e) / (1 - p_e)
+
+
+def stratified_bootstrap_ci(
+    strata: Sequence[Sequence[float] | np.ndarray],
+    weights: Sequence[float],
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int | Sequence[int] = 0,
+) -> tuple[float, float, float]:
+    """(Σ w_s · mean(stratum s), low, high): percentile bootstrap resampling each stratum on its
+    own, so the strata's sizes stay fixed and differences between strata add no spread.
+
+    ``weights`` give each stratum's share: ``n_s / N`` for a pooled mean, ``1 / S`` to average
+    S strata equally. A stratum with one value, or all values equal, contributes no spread.
+    """
+    _check_confidence(confidence)
+    arrays = [_as_float_array(s, "values of a stratum") for s in strata]
+    if not arrays or len(arrays) != len(weights):
+        raise DataError(
+            f"A stratified bootstrap needs one weight per stratum and at least one stratum "
+            f"(got {len(arrays)} strata, {len(weights)} weights)."
+        )
+    if n_resamples < 1:
+        raise DataError(f"n_resamples must be at least 1 (got {n_resamples}).")
+    rng = np.random.default_rng(seed)
+    estimate = float(sum(w * a.mean() for w, a in zip(weights, arrays, strict=True)))
+    draws = np.zeros(n_resamples)
+    for w, a in zip(weights, arrays, strict=True):
+        values, counts = np.unique(a, return_counts=True)
+        if values.size == 1:
+            draws += w * values[0]
+            continue
+        # A resample's mean depends only on how often each distinct value is drawn, and those
+        # counts are multinomial: the same distribution as drawing indices, at a fraction of
+        # the cost for right/wrong outcomes (two or three distinct values).
+        picks = rng.multinomial(a.size, counts / a.size, size=n_resamples)
+        draws += w * (picks @ values) / a.size
+    if np.all(draws == draws[0]):
+        return estimate, estimate, estimate
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    # Keep the interval around the estimate despite rounding in the weighted sums.
+    return estimate, float(min(low, estimate)), float(max(high, estimate))
+
+
+def paired_permutation_pvalue(
+    diffs: Sequence[float] | np.ndarray, n: int = 10000, seed: int | Sequence[int] = 0
+) -> float:
+    """Two-sided sign-flip test that paired differences centre on 0 (their mean is the statistic).
+
+    When every non-zero difference has the same size (right/wrong outcomes: d in {−1, 0, 1}) the
+    flip distribution is a fair binomial and p is exact (the exact sign test, McNemar's exact
+    test for paired right/wrong outcomes), so it has no floor however many comparisons a
+    Holm correction spreads it over. Otherwise each sign is flipped at random ``n`` times and
+    p = (1 + flips at least as extreme) / (n + 1). Flipping items one by one already keeps
+    every item in its stratum, so strata need no special handling here.
+    """
+    d = _as_float_array(diffs, "paired differences")
+    if n < 1:
+        raise DataError(f"The permutation count must be at least 1 (got {n}).")
+    nonzero = d[d != 0]
+    if nonzero.size == 0:
+        return 1.0  # every flip gives the observed sum, 0
+    observed = abs(float(nonzero.sum()))
+    rng = np.random.default_rng(seed)
+    size = np.abs(nonzero)
+    if np.all(size == size[0]):
+        # A flipped sum is |d| · (2·Binomial(k, ½) − k): count its tails exactly.
+        wins = int(np.count_nonzero(nonzero > 0))
+        return float(sps.binomtest(wins, nonzero.size, 0.5).pvalue)
+    else:
+        chunk = max(1, 2_000_000 // nonzero.size)  # bound the sign matrix's memory
+        parts = []
+        for start in range(0, n, chunk):
+            signs = rng.choice((-1.0, 1.0), size=(min(chunk, n - start), nonzero.size))
+            parts.append(np.abs(signs @ nonzero))
+        sums = np.concatenate(parts)
+    # A relative tolerance so that float rounding of an equal sum still counts as extreme.
+    hits = int(np.count_nonzero(sums >= observed - 1e-9 * max(1.0, observed)))
+    return (1 + hits) / (n + 1)
+
+
+def holm(pvalues: Sequence[float] | np.ndarray) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the input's order (step-down, monotone, ≤ 1).
+
+    Rejecting where the adjusted p is ≤ α controls the family-wise error rate at α.
+    """
+    p = np.asarray(pvalues, dtype=float).ravel()
+    if p.size == 0:
+        return []
+    if not np.all((p >= 0) & (p <= 1)):
+        raise DataError("Holm's adjustment needs p-values between 0 and 1.")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(np.maximum.accumulate((m - np.arange(m)) * p[order]), 1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    return [float(x) for x in out]
+
+
+def _power_z(alpha: float, power: float) -> float:
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise DataError(f"alpha and power must lie between 0 and 1 (got {alpha}, {power}).")
+    return float(sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power))
+
+
+def min_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest mean paired difference a two-sided test at ``alpha`` detects with ``power``
+    (normal approximation): (z_{1−α/2} + z_power) · sd / √n."""
+    if n < 1:
+        raise DataError(f"A detectable effect needs at least one paired item (got n={n}).")
+    return _power_z(alpha, power) * sd / float(np.sqrt(n))
+
+
+def items_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Paired items needed to detect a mean difference ``effect`` (normal approximation):
+    ⌈((z_{1−α/2} + z_power) · sd / effect)²⌉, at least 1; None when ``effect`` is 0."""
+    if effect == 0:
+        return None
+    return max(1, int(np.ceil((_power_z(alpha, power) * sd / abs(effect)) ** 2 - 1e-9)))
+
+
+def clopper_pearson(
+    k: Sequence[int] | np.ndarray, n: Sequence[int] | np.ndarray, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (Clopper–Pearson) intervals for many proportions k/n at once, from beta quantiles:
+    the same bounds as ``binomial_ci(..., method="exact")`` without a root search per interval.
+    n == 0 gives (0, 1)."""
+    _check_confidence(confidence)
+    ks, ns = np.asarray(k, dtype=float).ravel(), np.asarray(n, dtype=float).ravel()
+    if ks.shape != ns.shape or np.any(ns < 0) or np.any((ks < 0) | (ks > ns)):
+        raise DataError("Proportions need 0 <= k <= n, one k per n.")
+    tail = (1 - confidence) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low = np.where(ks > 0, sps.beta.ppf(tail, ks, ns - ks + 1), 0.0)
+        high = np.where(ks < ns, sps.beta.isf(tail, ks + 1, ns - ks), 1.0)
+    return np.nan_to_num(low, nan=0.0), np.nan_to_num(high, nan=1.0)

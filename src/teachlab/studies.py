@@ -88,7 +88,7 @@ def _check_ref(ref: object, role: str) -> str:
     return check_text(ref, f"The {role} model reference").strip()
 
 
-def create_study(
+def new_study(
     name: str,
     task_ref: str,
     *,
@@ -99,8 +99,10 @@ def create_study(
     config: dict[str, Any] | StudyConfig | None = None,
     description: str = "",
     guidelines: str = "",
+    experiment_id: int | None = None,
 ) -> Study:
-    """Validate everything, then store the study with its splits and its first round."""
+    """A study checked in every part (name, seed, models, settings, task data, splits), not yet
+    stored: ``save_study`` stores it with its first round."""
     from teachlab.tasks import make_splits, resolve_task
 
     settings = get_settings()
@@ -118,32 +120,44 @@ def create_study(
     cfg.validate()
     task = resolve_task(task_ref)
     splits = make_splits(task, n_seed=cfg.n_seed, n_probe=cfg.n_probe, n_test=cfg.n_test, seed=seed)
+    return Study(
+        name=name,
+        description=description or task.description[:500],
+        task_ref=task_ref,
+        teacher=teacher,
+        student=student,
+        backend=backend,
+        seed=seed,
+        config=cfg.to_dict(),
+        splits={
+            "seed": list(splits.seed),
+            "probe": list(splits.probe),
+            "test": list(splits.test),
+            "task_fingerprint": task.fingerprint(),
+            "n_examples": len(task.examples),
+        },
+        guidelines=guidelines,
+        experiment_id=experiment_id,
+    )
+
+
+def save_study(session: Session, study: Study) -> Study:
+    """Store a checked study and its first round in ``session`` (refused if the name is taken)."""
+    if session.exec(select(Study).where(Study.name == study.name)).first() is not None:
+        raise ConfigError(f"A study named {study.name!r} exists already; choose another name.")
+    session.add(study)
+    session.flush()
+    session.add(Round(study_id=study.id, index=0, teacher=study.teacher, student=study.student))  # type: ignore[arg-type]
+    return study
+
+
+def create_study(name: str, task_ref: str, **kw: Any) -> Study:
+    """Validate everything, then store the study with its splits and its first round
+    (keywords as ``new_study``'s)."""
+    study = new_study(name, task_ref, **kw)
     init_db()
     with write_session() as session:
-        if session.exec(select(Study).where(Study.name == name)).first() is not None:
-            raise ConfigError(f"A study named {name!r} exists already; choose another name.")
-        study = Study(
-            name=name,
-            description=description or task.description[:500],
-            task_ref=task_ref,
-            teacher=teacher,
-            student=student,
-            backend=backend,
-            seed=seed,
-            config=cfg.to_dict(),
-            splits={
-                "seed": list(splits.seed),
-                "probe": list(splits.probe),
-                "test": list(splits.test),
-                "task_fingerprint": task.fingerprint(),
-                "n_examples": len(task.examples),
-            },
-            guidelines=guidelines,
-        )
-        session.add(study)
-        session.flush()
-        session.add(Round(study_id=study.id, index=0, teacher=teacher, student=student))  # type: ignore[arg-type]
-        return study
+        return save_study(session, study)
 
 
 def find_study(session: Session, ref: int | str) -> Study:

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from teachlab.cli import data, export, models, runs, serve, study
+from teachlab.cli import data, experiment, export, models, runs, serve, study
 from teachlab.errors import TeachlabError
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ app.add_typer(study.app, name="study")
 app.add_typer(runs.round_app, name="round")
 app.add_typer(runs.run_app, name="run")
 app.add_typer(export.app, name="export", help="Export curated data; import it back.")
+app.add_typer(experiment.app, name="experiment")
 app.command()(serve.serve)
 app.command()(serve.worker)
 app.command()(runs.check)

@@ -24,7 +24,7 @@ Override = Annotated[
 def stage_names() -> str:
     from teachlab.stages import STAGES
 
-    return ", ".join(STAGES)
+    return ", ".join(s.name for s in STAGES.values() if s.launchable)
 
 
 def run_foreground(study_ref: str, kind: str, override: bool = False) -> int:

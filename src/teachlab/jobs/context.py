@@ -58,6 +58,7 @@ class Stage:
     in_round: bool = True  # one of a whole round's stages, run in table order
     live: bool = False  # writes rows as it goes that a page follows live (drafts)
     heavy: bool = False  # trains models for minutes: off in a public demo
+    launchable: bool = True  # launched on its own (Runs page, `run stage`); else by its parent
 
 
 StageTable = Mapping[str, Stage]

@@ -14,6 +14,13 @@ from teachlab.stages.check import stage_check
 from teachlab.stages.distill import stage_distill
 from teachlab.stages.draft import stage_draft
 from teachlab.stages.evaluate import stage_evaluate
+from teachlab.stages.experiment import (
+    stage_arm_align,
+    stage_arm_distill,
+    stage_arm_evaluate,
+    stage_arm_regenerate,
+    stage_experiment,
+)
 from teachlab.stages.pairs import stage_pairs
 from teachlab.stages.regenerate import stage_regenerate
 from teachlab.stages.round import stage_round
@@ -51,15 +58,58 @@ STAGES: StageTable = {
             live=True,
             heavy=True,
         ),
+        # An experiment and its arms' steps: launched by `teachlab experiment run` (or the
+        # Compare page), each step a child run of the experiment's run.
+        Stage(
+            "experiment",
+            stage_experiment,
+            "every step of an experiment: shared drafts and scores, then each arm",
+            in_round=False,
+            heavy=True,
+            launchable=False,
+        ),
+        Stage(
+            "arm-align",
+            stage_arm_align,
+            "an arm's teacher aligned on all tasks' pairs",
+            in_round=False,
+            heavy=True,
+            launchable=False,
+        ),
+        Stage(
+            "arm-regenerate",
+            stage_arm_regenerate,
+            "an arm's teacher writes a task's tailored data",
+            in_round=False,
+            launchable=False,
+        ),
+        Stage(
+            "arm-distill",
+            stage_arm_distill,
+            "an arm's student distilled on all tasks' data",
+            in_round=False,
+            heavy=True,
+            launchable=False,
+        ),
+        Stage(
+            "arm-evaluate",
+            stage_arm_evaluate,
+            "an arm's student on a task's held-out items, every mode and shot count",
+            spends=False,
+            in_round=False,
+            launchable=False,
+        ),
     )
 }
 
 
 def stage_named(kind: str) -> Stage:
-    """The stage called ``kind``, or an error listing the known ones."""
+    """The launchable stage called ``kind``, or an error listing them."""
     stage = STAGES.get(kind)
-    if stage is None:
-        raise JobError(f"Unknown stage {kind!r}; choose one of: {', '.join(STAGES)}.")
+    if stage is None or not stage.launchable:
+        known = ", ".join(s.name for s in STAGES.values() if s.launchable)
+        hint = " (an experiment's step: run it with `teachlab experiment run`)" if stage else ""
+        raise JobError(f"Unknown stage {kind!r}{hint}; choose one of: {known}.")
     return stage
 
 

@@ -227,7 +227,7 @@ def draft_questions(
                 prompt=ask.prompt,
                 temperature=cfg.question_temperature,
                 max_new_tokens=cfg.max_new_tokens,
-                seed=derive_seed(loaded.study.seed, rnd.index, phase, f"q:{call}"),
+                seed=derive_seed(loaded.study.seed, loaded.seed_index, phase, f"q:{call}"),
                 stop=ask.stops,
             )
             for call in wave
@@ -344,7 +344,7 @@ def _rationale_requests(
     tokenizer: Any,
 ) -> tuple[list[GenRequest], dict[str, tuple[Draft, str]]]:
     """One request per (question, strategy) not stored yet, keyed ``r:{question}:{strategy}``."""
-    task, rnd = loaded.task, loaded.round
+    task = loaded.task
     by_key: dict[str, tuple[Draft, str]] = {}
     requests = []
     for q in questions:
@@ -364,7 +364,7 @@ def _rationale_requests(
                     prompt=prompts.render_chat(tokenizer, messages, prefill),
                     temperature=temperature,
                     max_new_tokens=loaded.config.max_new_tokens,
-                    seed=derive_seed(loaded.study.seed, rnd.index, phase, key),
+                    seed=derive_seed(loaded.study.seed, loaded.seed_index, phase, key),
                     stop=(prompts.TURN_STOP,),
                 )
             )

@@ -70,3 +70,41 @@ def execute_here(run_id: int, echo: Callable[[int, int, str], None] | None = Non
     from teachlab.jobs.executor import execute
 
     return execute(run_id, STAGES, echo)
+
+
+def launch_experiment(ref: int | str, *, requested_by: str) -> Launched:
+    """Record the run of an experiment (on its first seed's first task's study), or hand back
+    the one not finished yet, so a second launch resumes instead of starting over."""
+    from sqlmodel import col, select
+
+    from teachlab.db import Run, read_session
+    from teachlab.experiments import store
+
+    exp = store.load_experiment(ref)
+    anchor = exp.anchor(exp.spec.seeds[0])
+    rnd = current_round(row_id(anchor))
+    with read_session() as session:
+        earlier = session.exec(
+            select(Run)
+            .where(Run.kind == "experiment", Run.study_id == anchor.id)
+            .order_by(col(Run.id).desc())
+        ).first()
+    if earlier is not None and earlier.status != "succeeded":
+        if earlier.status not in ("queued", "running"):
+            runs.prepare_resume(row_id(earlier))
+        return Launched(runs.get_run(row_id(earlier)), rnd, gate_for_round(rnd))
+    run = runs.create_run(
+        row_id(anchor),
+        "experiment",
+        round_id=rnd.id,
+        config={"experiment": exp.id},
+        seed=exp.spec.seeds[0],
+        requested_by=requested_by,
+    )
+    return Launched(run, rnd, gate_for_round(rnd))
+
+
+def gate_for_round(rnd: Round) -> Gate:
+    from teachlab.stages.gate import gate_for
+
+    return gate_for(row_id(rnd))
