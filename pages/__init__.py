@@ -8,6 +8,7 @@ import signal
 
 import gradio as gr
 
+from pages import compare as compare_page
 from pages import drafts as drafts_page
 from pages import export as export_page
 from pages import progress as progress_page
@@ -65,6 +66,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             runs_page.build(state, current_study, tab)
         with gr.Tab("Progress") as tab:
             progress_page.build(state, current_study, tab)
+        with gr.Tab("Compare") as tab:
+            compare_page.build(state, tab)
         with gr.Tab("Export"):
             export_page.build(state, current_study)
     return app

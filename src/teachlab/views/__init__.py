@@ -1,4 +1,5 @@
-"""Read-only queries behind the researcher's pages: drafts, scores, pairs, runs and progress.
+"""Read-only queries behind the researcher's pages: drafts, scores, pairs, runs, progress and
+experiments.
 
 Each function opens one read session, returns plain rows or dataclasses (never a session) and
 knows nothing of Gradio, so pages stay thin and every query is tested on its own.
@@ -31,6 +32,22 @@ from teachlab.views.drafts import (
     probe_frame,
     score_values,
     scores_frame,
+)
+from teachlab.views.experiments import (
+    ExperimentInfo,
+    ExperimentResults,
+    accuracy_frame,
+    cost_frame,
+    data_signature,
+    differences_frame,
+    estimate_frame,
+    experiment_command,
+    experiment_info,
+    experiment_options,
+    experiment_results,
+    experiment_run,
+    forest_rows,
+    task_labels,
 )
 from teachlab.views.progress import (
     TrainingSet,
@@ -68,26 +85,39 @@ __all__ = [
     "Baseline",
     "DraftDetail",
     "DraftFilter",
+    "ExperimentInfo",
+    "ExperimentResults",
     "PairDetail",
     "ParseRate",
     "ProbeRow",
     "RunStatus",
     "StudentView",
     "TrainingSet",
+    "accuracy_frame",
     "as_id",
     "aware",
     "baseline",
     "cli_command",
     "clip",
     "confound_summary",
+    "cost_frame",
+    "data_signature",
+    "differences_frame",
     "dpo_margin_rows",
     "draft_detail",
     "draft_filter_options",
     "draft_mix_rows",
     "drafts_frame",
     "drafts_signature",
+    "estimate_frame",
     "eta_seconds",
     "evaluation_rows",
+    "experiment_command",
+    "experiment_info",
+    "experiment_options",
+    "experiment_results",
+    "experiment_run",
+    "forest_rows",
     "latest_run",
     "log_file",
     "log_tail",
@@ -110,5 +140,6 @@ __all__ = [
     "stage_time_rows",
     "study_of_round",
     "task_examples",
+    "task_labels",
     "training_set",
 ]
