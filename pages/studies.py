@@ -10,7 +10,7 @@ import pandas as pd
 
 from pages.common import AppState, signal_panel, ui_errors
 from teachlab import studies
-from teachlab.config import BACKENDS, StudyConfig
+from teachlab.config import BACKENDS, STRATEGY_NAMES, StudyConfig
 from teachlab.models import BUNDLED, BUNDLED_PREFIX
 from teachlab.rounds import current_round
 from teachlab.tasks import list_bigbench
@@ -59,10 +59,10 @@ def _widget(f: Any) -> gr.components.Component:
         return gr.Number(
             value=default, minimum=meta["min"], maximum=meta["max"], label=label, info=info
         )
-    if isinstance(default, tuple) or f.name == "strategies":
-        return gr.CheckboxGroup(
-            ["expert", "rules", "plain", "eliminate"], value=list(default), label=label, info=info
-        )
+    if f.name == "strategies":
+        return gr.CheckboxGroup(list(STRATEGY_NAMES), value=list(default), label=label, info=info)
+    if isinstance(default, tuple):  # names separated by commas (StudyConfig types them)
+        return gr.Textbox(value=", ".join(default), label=label, info=info)
     return gr.Textbox(value=str(default), label=label, info=info)
 
 

@@ -1049,11 +1049,16 @@ ADMIN_ONLY = {
     "export_push",
     "review_bulk_approve",
     "review_bulk_reject",
+    "compare_launch",
 }
 REVIEWER = {"review_approve", "review_swap", "review_reject", "review_edit", "review_undo"}
 SESSION_ONLY = {"select_study"}  # the session's current study: nothing stored
 PRIVATE = {"on_load", "show_signal"}  # not callable over the API
 READ_ONLY = {
+    "compare_pick",
+    "compare_refresh",
+    "compare_tab",
+    "compare_poll",
     "list_studies",
     "studies_signal",
     "drafts_study",
@@ -1114,6 +1119,7 @@ def endpoint_args(api: str, ids: dict[str, Any]) -> list[Any]:
         "review_reject": [*view, "ok"],
         "review_edit": [*view, "ok", "c", "d"],
         "review_undo": view,
+        "compare_launch": [1],  # an experiment id: refused before it is looked up
     }[api]
 
 

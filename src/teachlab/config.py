@@ -131,6 +131,14 @@ class StudyConfig:
     # evaluation
     eval_shots: int = _f(3, "Few-shot demonstrations in the few-shot evaluation.", min=0, max=8)
     bootstrap: int = _f(1000, "Bootstrap resamples for confidence intervals.", min=100, max=100000)
+    lm_eval_tasks: tuple[str, ...] = _f(
+        (),
+        "lm-evaluation-harness tasks the evaluate stage also runs on the student before and "
+        "after distillation, separated by commas: registered names (e.g. arc_easy; offline only "
+        "when its dataset is cached) or paths to task YAML files (absolute paths are safest). "
+        "Each result is stored as an evaluation in mode lm-eval:<task>. Needs the eval extra "
+        "(pip install -e '.[eval]'). Empty: none.",
+    )
 
     def validate(self) -> StudyConfig:
         for f in fields(self):

@@ -30,12 +30,13 @@ def _study_rounds(session: Session, study_id: int) -> dict[int, int]:
 
 
 def evaluation_rows(study_id: int) -> list[dict[str, Any]]:
-    """Student accuracy per round: {round, model, shots, accuracy, ci_low, ci_high, n}."""
+    """Student accuracy per round on the held-out split, as the evaluate stage scores it
+    (lm-eval tasks are other numbers): {round, model, shots, accuracy, ci_low, ci_high, n}."""
     with read_session() as session:
         rounds = _study_rounds(session, study_id)
         evals = session.exec(
             select(Evaluation)
-            .where(col(Evaluation.round_id).in_(list(rounds)))
+            .where(col(Evaluation.round_id).in_(list(rounds)), Evaluation.mode == "loglik")
             .order_by(col(Evaluation.id))
         ).all()
     return [
