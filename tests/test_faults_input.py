@@ -1059,6 +1059,8 @@ READ_ONLY = {
     "compare_refresh",
     "compare_tab",
     "compare_poll",
+    "compare_watch",
+    "compare_tick",
     "list_studies",
     "studies_signal",
     "drafts_study",
