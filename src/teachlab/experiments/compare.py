@@ -611,25 +611,28 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]
     return lines
 
 
-def _acc(row: Mapping[str, Any] | None) -> str:
+def fmt_accuracy(row: Mapping[str, Any] | None) -> str:
+    """An accuracy with its CI, "0.600 [0.400, 0.800]" ("–" without one): tables and pages."""
     if row is None or row.get("accuracy") is None:
         return "–"
     lo, hi = row["ci"]
     return f"{row['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _signed(x: float) -> str:
+def fmt_signed(x: float | None) -> str:
+    if x is None:
+        return "–"
     # "−0.000" reads as an effect; show a plain zero.
     return "0.000" if round(x, 3) == 0 else f"{x:+.3f}".replace("-", "−")
 
 
-def _p(p: float | None) -> str:
+def fmt_p(p: float | None) -> str:
     if p is None:
         return "–"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _num(x: float | None, fmt: str = ".1f") -> str:
+def fmt_num(x: float | None, fmt: str = ".1f") -> str:
     return "–" if x is None else format(x, fmt)
 
 
@@ -645,9 +648,10 @@ def markdown(result: Mapping[str, Any]) -> str:
         mode, shots = ev["mode"], ev["shots"]
         lines += [f"### Accuracy: {mode}, {shots}-shot (seeds averaged, {level} CI)", ""]
         rows: list[list[object]] = [
-            [task, *(_acc(by_task.get((arm, task, mode, shots))) for arm in arms)] for task in tasks
+            [task, *(fmt_accuracy(by_task.get((arm, task, mode, shots))) for arm in arms)]
+            for task in tasks
         ]
-        rows.append(["**macro**", *(_acc(macro.get((arm, mode, shots))) for arm in arms)])
+        rows.append(["**macro**", *(fmt_accuracy(macro.get((arm, mode, shots))) for arm in arms)])
         lines += [*_table(["task", *arms], rows), ""]
     lines += [f"### Differences from {reference} (arm − {reference}, paired items)", ""]
     if result["differences"]:
@@ -659,11 +663,11 @@ def markdown(result: Mapping[str, Any]) -> str:
                     f"**{d['task']}**" if d["task"] == POOLED else d["task"],
                     d["mode"],
                     d["shots"],
-                    f"{_signed(d['diff'])} [{_signed(d['ci'][0])}, {_signed(d['ci'][1])}]",
-                    _p(d["p"]),
-                    _p(d["p_holm"]),
+                    f"{fmt_signed(d['diff'])} [{fmt_signed(d['ci'][0])}, {fmt_signed(d['ci'][1])}]",
+                    fmt_p(d["p"]),
+                    fmt_p(d["p_holm"]),
                     d["n"],
-                    _num(d["mde"], ".3f"),
+                    fmt_num(d["mde"], ".3f"),
                 ]
                 for d in result["differences"]
             ),
@@ -678,12 +682,12 @@ def markdown(result: Mapping[str, Any]) -> str:
                 [
                     c["arm"],
                     c["stage"],
-                    _num(c["seconds"]),
+                    fmt_num(c["seconds"]),
                     c["tokens"],
                     c["tokens_generated"],
                     c["tokens_scored"],
-                    _num(c["peak_rss_mb"], ".0f"),
-                    _num(c["gpu_seconds"]),
+                    fmt_num(c["peak_rss_mb"], ".0f"),
+                    fmt_num(c["gpu_seconds"]),
                 ]
                 for c in result["cost"]
             ),

@@ -20,6 +20,7 @@ from sqlmodel import col, select
 from teachlab.db import Run, Study, read_session
 from teachlab.db.tables import Cost, Experiment, ItemResult
 from teachlab.errors import DataError, NotFoundError
+from teachlab.experiments.compare import fmt_accuracy, fmt_num, fmt_p, fmt_signed
 from teachlab.experiments.spec import ExperimentSpec
 from teachlab.views.common import aware
 
@@ -207,29 +208,6 @@ def task_labels(tasks: Sequence[str]) -> dict[str, str]:
     return {t: s if taken.count(s) == 1 else t for t, s in shorts.items()}
 
 
-def _ci(row: Mapping[str, Any] | None) -> str:
-    if row is None or row.get("accuracy") is None:
-        return "–"
-    lo, hi = row["ci"]
-    return f"{row['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
-def _signed(x: float | None) -> str:
-    if x is None:
-        return "–"
-    return "0.000" if round(x, 3) == 0 else f"{x:+.3f}".replace("-", "−")
-
-
-def _p(p: float | None) -> str:
-    if p is None:
-        return "–"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _num(x: float | None, fmt: str = ".1f") -> str:
-    return "–" if x is None else format(x, fmt)
-
-
 def accuracy_frame(result: Mapping[str, Any]) -> pd.DataFrame:
     """Accuracy [95% CI] per task (seeds pooled) and the macro average, one column per arm, for
     each mode × shots."""
@@ -246,10 +224,12 @@ def accuracy_frame(result: Mapping[str, Any]) -> pd.DataFrame:
                     mode,
                     shots,
                     names[task],
-                    *(_ci(by_task.get((a, task, mode, shots))) for a in arms),
+                    *(fmt_accuracy(by_task.get((a, task, mode, shots))) for a in arms),
                 ]
             )
-        rows.append([mode, shots, MACRO, *(_ci(macro.get((a, mode, shots))) for a in arms)])
+        rows.append(
+            [mode, shots, MACRO, *(fmt_accuracy(macro.get((a, mode, shots))) for a in arms)]
+        )
     return pd.DataFrame(rows, columns=[*ACCURACY_KEYS, *arms])
 
 
@@ -268,11 +248,11 @@ def differences_frame(result: Mapping[str, Any]) -> pd.DataFrame:
                 "all tasks" if d["task"] == POOLED else names.get(d["task"], d["task"]),
                 d["mode"],
                 d["shots"],
-                f"{_signed(d['diff'])} [{_signed(d['ci'][0])}, {_signed(d['ci'][1])}]",
-                _p(d["p"]),
-                _p(d["p_holm"]),
+                f"{fmt_signed(d['diff'])} [{fmt_signed(d['ci'][0])}, {fmt_signed(d['ci'][1])}]",
+                fmt_p(d["p"]),
+                fmt_p(d["p_holm"]),
                 d["n"],
-                _num(d["mde"], ".3f"),
+                fmt_num(d["mde"], ".3f"),
             ]
             for d in result["differences"]
         ],
@@ -289,10 +269,10 @@ def cost_frame(result: Mapping[str, Any]) -> pd.DataFrame:
             [
                 c["arm"],
                 c["stage"],
-                _num(c["seconds"]),
+                fmt_num(c["seconds"]),
                 _count(c["tokens"]),
-                _num(c["peak_rss_mb"], ".0f"),
-                *([_num(c["gpu_seconds"])] if gpu else []),
+                fmt_num(c["peak_rss_mb"], ".0f"),
+                *([fmt_num(c["gpu_seconds"])] if gpu else []),
             ]
             for c in result["cost"]
         ],
