@@ -12,21 +12,17 @@ import pytest
 
 from teachlab.config import StudyConfig
 from teachlab.errors import ConfigError
+from teachlab.experiments.calibration import Calibration
 from teachlab.experiments.estimate import (
     ACCELERATORS,
     UTILISATION,
-    Calibration,
-    ModelInfo,
-    TaskShape,
     accelerator,
     against,
     build,
     estimate,
-    model_info,
-    render,
-    task_shape,
-    token_counter,
 )
+from teachlab.experiments.estimate_text import render
+from teachlab.experiments.lengths import ModelInfo, TaskShape, model_info, task_shape, token_counter
 from teachlab.experiments.spec import ExperimentSpec, read_config
 from tests.conftest import bigbench_available
 

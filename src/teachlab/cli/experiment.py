@@ -193,7 +193,8 @@ def experiment_estimate(
     Example: teachlab experiment estimate --config configs/paper-arte.toml --gpu a100
     """
     from teachlab.errors import ConfigError
-    from teachlab.experiments.estimate import estimate, render
+    from teachlab.experiments.estimate import estimate
+    from teachlab.experiments.estimate_text import render
 
     if (name is None) == (config is None):
         raise ConfigError("Name an experiment, or give --config FILE (one of the two).")

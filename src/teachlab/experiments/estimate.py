@@ -3,21 +3,32 @@ here (calibrated by a short measured pass on the bundled models) and on a named 
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from teachlab.config import StudyConfig
-from teachlab.errors import ConfigError, DataError, ModelError
+from teachlab.errors import ConfigError
+from teachlab.experiments.calibration import (
+    CAL_DECODE,
+    Calibration,
+    calibrate_here,
+    describe_machine,
+)
+from teachlab.experiments.lengths import (
+    SAMPLE,
+    ModelInfo,
+    TaskShape,
+    attention_flops,
+    forward_flops,
+    model_info,
+    task_shape,
+    token_counter,
+)
 from teachlab.experiments.spec import ARM_KINDS, ExperimentSpec, expand_tasks
 
 STAGE_ORDER = ("draft", "score", "pairs", "align", "regenerate", "distill", "evaluate")
@@ -68,85 +79,9 @@ BF16_BYTES = 2
 # and two fp32 moments; activations not counted.
 FULL_TRAIN_BYTES = 16
 PARSE_RATE = 1.0  # share of teacher calls that parse; 0.5 would double the question calls
-CHARS_PER_TOKEN = 4.0  # counting without any tokenizer at hand
-SAMPLE = 8  # task examples tokenised per task for the mean lengths
-FALLBACK_TOKENIZER = "bundled:gemma-3-270m"  # a 262k vocabulary, near Llama 3's and Gemma's
-
-# What the calibration pass runs: the bundled models in their roles.
-CALIBRATION_MODELS = {
-    "student": "bundled:smollm2-135m-instruct",
-    "teacher": "bundled:gemma-3-270m",
-}
-CAL_PREFILL = (2, 128)  # rows x tokens of one forward pass
-CAL_DECODE = (8, 64, 8)  # rows (the backend's batch), shared prompt tokens, new tokens per row
-CAL_TRAIN = (2, 64)  # rows x tokens of one forward + backward pass
-CAL_TRIALS = 2  # best of: a busy 2-core machine slows single trials by 2x and more
 
 
 # ---------------------------------------------------------------- what an estimate holds
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A model as the estimate sees it: parameters, attention shape, where they came from."""
-
-    ref: str
-    params: float
-    layers: int = 0  # 0: shape not readable here, attention term omitted
-    attn_width: int = 0  # query heads x head dimension
-    source: str = ""
-    tokenizer: str = ""  # whose tokenizer counted this model's tokens
-
-
-@dataclass(frozen=True)
-class TaskShape:
-    """Mean token lengths of one task's prompts and texts, per model role."""
-
-    task: str
-    available: int | None  # distinct inputs in the task data (None: data not here)
-    source: str  # "task data" or "defaults"
-    # teacher side
-    question_prompt: float  # the question-drafting prompt (seeds, request, prefill)
-    question_block: float  # one tagged question as the teacher writes it
-    rationale_prompt: float  # a strategy prompt with one question
-    plain_prompt: float  # the erased prompt (rationale pairs, tailored rationales)
-    # student side
-    special: float  # tokens before any text (BOS)
-    description: float
-    question: float  # "Question: ...\nAnswer:" (loglik)
-    question_cot: float  # the same with "Let's think step by step." (generate, cot, SFT)
-    choices: float  # all of an item's choice continuations (the target for free-form items)
-    answer: float  # " target"
-    shot: float  # one question + answer demonstration
-    demo_head: float  # a draft demonstration without its rationale
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """What the short measured pass found for one bundled model on this machine."""
-
-    role: str
-    ref: str
-    params: float
-    prefill_tokens_per_s: float
-    prefill_flops: float  # achieved FLOP/s
-    decode_rows: int
-    decode_tokens_per_s: float
-    decode_flops: float
-    train_tokens_per_s: float
-    train_flops: float
-    seconds: float  # the pass itself, loading included
-    load: float | None = None  # the 1-minute load average as the pass began
-    load_seconds: float = 0.0  # loading the model (from its cached safetensors)
-
-    def rate(self, kind: str) -> float:
-        """Achieved FLOP/s for a kind of work: prefill, decode or train."""
-        rates = {
-            "prefill": self.prefill_flops,
-            "decode": self.decode_flops,
-            "train": self.train_flops,
-        }
-        return rates[kind]
 
 
 @dataclass(frozen=True)
@@ -361,247 +296,7 @@ def _compared(
     }
 
 
-# ---------------------------------------------------------------- models and tokens
-
-
-def model_info(ref: str, role: str, size: float | None) -> ModelInfo:
-    """Parameters and attention shape from the model's folder here (its safetensors headers
-    and config.json, no weights loaded), else its ``[sizes]`` count, else a ConfigError."""
-    folder = _local_folder(ref)
-    if folder is not None:
-        params, source = _weights_params(folder), "safetensors headers"
-        shape = _shape(folder)
-        if params is None and shape.get("params"):
-            params, source = shape["params"], "config.json (gated-MLP decoder formula)"
-        if params:
-            return ModelInfo(ref, float(params), shape["layers"], shape["width"], source)
-    if size:
-        return ModelInfo(ref, float(size), source="[sizes] in the experiment config")
-    raise ConfigError(
-        f"The {role} {ref!r} cannot be read here (not bundled, not a local folder, not in the "
-        f"Hugging Face cache); give its parameter count under [sizes] in the experiment config, "
-        f"e.g. {role}_params = 7.0e9."
-    )
-
-
-def _local_folder(ref: str) -> Path | None:
-    """The model's folder on this machine, without any download: the bundled cache (made here
-    from the installed GGUF when missing), a local path, or the Hugging Face cache."""
-    from teachlab.models import fetch, parse_ref
-
-    try:
-        parsed = parse_ref(ref)
-    except ModelError:
-        return None
-    if parsed.kind in ("bundled", "path"):
-        try:
-            return fetch(ref)
-        except ModelError:
-            return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(parsed.name, local_files_only=True))
-    except Exception:  # not cached (LocalEntryNotFoundError and kin): the caller falls back
-        return None
-
-
-def _weights_params(folder: Path) -> int | None:
-    """Parameters from the safetensors headers (tied weights are stored, and counted, once)."""
-    total = 0
-    for path in sorted(folder.glob("*.safetensors")):
-        with path.open("rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(size))
-        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
-    return total or None
-
-
-def _shape(folder: Path) -> dict[str, Any]:
-    """Layers, attention width and a parameter count from config.json (zeros where absent)."""
-    try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"layers": 0, "width": 0, "params": None}
-    cfg = cfg.get("text_config", cfg)
-    hidden = int(cfg.get("hidden_size") or 0)
-    heads = int(cfg.get("num_attention_heads") or 0)
-    layers = int(cfg.get("num_hidden_layers") or 0)
-    head_dim = int(cfg.get("head_dim") or (hidden // heads if heads else 0))
-    kv = int(cfg.get("num_key_value_heads") or heads)
-    inter = int(cfg.get("intermediate_size") or 0)
-    vocab = int(cfg.get("vocab_size") or 0)
-    params = None
-    if hidden and layers and heads and inter and vocab:
-        attention = hidden * head_dim * (2 * heads + 2 * kv)
-        per_layer = attention + 3 * hidden * inter + 2 * hidden
-        embeddings = vocab * hidden * (1 if cfg.get("tie_word_embeddings", True) else 2)
-        params = layers * per_layer + embeddings + hidden
-    return {"layers": layers, "width": heads * head_dim, "params": params}
-
-
-class TokenCounter:
-    """Counts tokens with a model's tokenizer, or at CHARS_PER_TOKEN characters without one."""
-
-    def __init__(self, tokenizer: Any | None, name: str) -> None:
-        self.tokenizer = tokenizer
-        self.name = name
-
-    def text(self, text: str) -> int:
-        if self.tokenizer is None:
-            return math.ceil(len(text) / CHARS_PER_TOKEN) if text else 0
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-
-    def prompt(self, messages: Sequence[Mapping[str, str]], prefill: str = "") -> int:
-        """A chat prompt as the teacher is given it (template, generation cue, prefill)."""
-        from teachlab.prompts import prompt_token_ids, render_chat
-
-        if self.tokenizer is None:
-            return self.text("\n\n".join(m["content"] for m in messages) + prefill) + 4
-        return len(prompt_token_ids(self.tokenizer, render_chat(self.tokenizer, messages, prefill)))
-
-    def special(self) -> int:
-        """Tokens a tokenizer puts before any text (BOS for Gemma, none for SmolLM)."""
-        if self.tokenizer is None:
-            return 1
-        with_special = self.tokenizer("x")["input_ids"]
-        return max(
-            0, len(with_special) - len(self.tokenizer("x", add_special_tokens=False)["input_ids"])
-        )
-
-
-def token_counter(ref: str) -> TokenCounter:
-    """The model's own tokenizer where it is here; else the bundled teacher's (a large modern
-    vocabulary, close to the big models' counts); else characters / CHARS_PER_TOKEN."""
-    for candidate in (ref, FALLBACK_TOKENIZER):
-        folder = _local_folder(candidate)
-        if folder is None or not any(
-            (folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model")
-        ):
-            continue
-        try:
-            tokenizer = _load_tokenizer(str(folder))
-        except (OSError, ValueError):
-            continue
-        name = candidate if candidate == ref else f"{candidate} (stand-in for {ref})"
-        return TokenCounter(tokenizer, name)
-    return TokenCounter(None, f"{CHARS_PER_TOKEN:g} characters a token (no tokenizer here)")
-
-
-@lru_cache(maxsize=4)
-def _load_tokenizer(folder: str) -> Any:
-    """A tokenizer, with the plain chat template where it has none (cached: the bundled
-    teacher's 262k vocabulary takes a second or two to load)."""
-    from transformers import AutoTokenizer
-
-    from teachlab.models import PLAIN_CHAT_TEMPLATE
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
-    return tokenizer
-
-
-DEFAULT_SHAPE = {  # stated lengths where a task's data is not here (BIG-bench-like items)
-    "question_prompt": 520.0,
-    "question_block": 115.0,
-    "rationale_prompt": 190.0,
-    "plain_prompt": 140.0,
-    "special": 1.0,
-    "description": 30.0,
-    "question": 100.0,
-    "question_cot": 107.0,
-    "choices": 12.0,
-    "answer": 3.0,
-    "shot": 105.0,
-    "demo_head": 110.0,
-}
-
-
-def task_shape(
-    ref: str, config: StudyConfig, teacher: TokenCounter, student: TokenCounter
-) -> TaskShape:
-    """Mean token lengths of one task's prompts, from up to SAMPLE of its examples rendered as
-    the stages render them; DEFAULT_SHAPE where the task's data is not here."""
-    from teachlab import prompts
-    from teachlab.score.prompt import (
-        Demo,
-        choice_segment,
-        demo_segment,
-        description_segment,
-        probe_segment,
-    )
-    from teachlab.tasks import make_splits, resolve_task
-
-    try:
-        task = resolve_task(ref)
-    except DataError:
-        return TaskShape(task=ref, available=None, source="defaults", **DEFAULT_SHAPE)
-    splits = make_splits(task, config.n_seed, config.n_probe, config.n_test, seed=0)
-    seeds = [task.examples[i] for i in splits.seed]
-    sample = [task.examples[i] for i in (*splits.probe, *splits.test)[:SAMPLE]] or seeds
-    per_call = 1 if config.scaffold else config.questions_per_call
-    shown = [
-        {"input": prompts.question_text(e.input, e.choices), "target": e.target} for e in seeds
-    ]
-    prefill = prompts.question_prefill(len(seeds)) if config.prefill or config.scaffold else ""
-    question_prompt = teacher.prompt(
-        prompts.question_messages(task.name, task.description, shown, per_call), prefill
-    )
-    texts = [prompts.question_text(e.input, e.choices) for e in sample]
-    strategies = config.strategies[: config.n_rationales]
-
-    def mean(values: Iterable[float]) -> float:
-        items = list(values)
-        return sum(items) / len(items)
-
-    return TaskShape(
-        task=ref,
-        available=len({e.input for e in task.examples}),
-        source="task data",
-        question_prompt=float(question_prompt),
-        question_block=mean(
-            teacher.text(prompts.question_block(len(seeds) + 1, t, e.target))
-            for t, e in zip(texts, sample, strict=True)
-        ),
-        rationale_prompt=mean(
-            teacher.prompt(prompts.rationale_messages(s, task.name, task.description, t))
-            for t in texts
-            for s in strategies
-        ),
-        plain_prompt=mean(teacher.prompt(prompts.plain_messages(t)) for t in texts),
-        special=float(student.special()),
-        description=float(student.text(description_segment(task.description))),
-        question=mean(student.text(probe_segment(e.input, "loglik")) for e in sample),
-        question_cot=mean(student.text(probe_segment(e.input, "generate")) for e in sample),
-        choices=mean(
-            sum(student.text(choice_segment(c)) for c in (e.choices or (e.target,))) for e in sample
-        ),
-        answer=mean(student.text(choice_segment(e.target)) for e in sample),
-        shot=mean(student.text(demo_segment(Demo(e.input, e.target))) for e in sample),
-        demo_head=mean(student.text(demo_segment(Demo(e.input, e.target, ""))) for e in sample),
-    )
-
-
 # ---------------------------------------------------------------- the arithmetic
-
-
-def _attention(m: ModelInfo, new: float, context: float) -> float:
-    """Forward FLOPs of attention for ``new`` tokens after ``context`` cached ones: each token's
-    scores and weighted sum over its causal context, 4 x layers x width per (query, key)."""
-    pairs = new * context + new * (new + 1) / 2
-    return 4.0 * m.layers * m.attn_width * pairs
-
-
-def _forward(m: ModelInfo, new: float, context: float = 0.0) -> float:
-    return 2.0 * m.params * new + _attention(m, new, context)
-
-
-def _trained(m: ModelInfo, length: float, lora: bool) -> float:
-    """Forward + backward of one sequence: 6 P a token for full fine-tuning (weight and input
-    gradients), 4 P with LoRA (frozen weights need input gradients only); attention x 3."""
-    per_token = (4.0 if lora else 6.0) * m.params
-    return per_token * length + 3.0 * _attention(m, length, 0.0)
 
 
 def generation(
@@ -611,11 +306,11 @@ def generation(
     feeds each row only its last token), then ``new`` tokens decoded a call."""
     if shared and calls:
         read = (prompt - 1) + calls
-        prefill = _forward(m, prompt - 1) + calls * _forward(m, 1, prompt - 1)
+        prefill = forward_flops(m, prompt - 1) + calls * forward_flops(m, 1, prompt - 1)
     else:
         read = calls * prompt
-        prefill = calls * _forward(m, prompt)
-    decode = calls * _forward(m, new, prompt)
+        prefill = calls * forward_flops(m, prompt)
+    decode = calls * forward_flops(m, new, prompt)
     return [Work("prefill", role, read, prefill), Work("decode", role, calls * new, decode)]
 
 
@@ -634,13 +329,13 @@ def scoring(
     question and its choices (loglik), or its question and ``generate`` greedy tokens."""
     read = prefix + items * (question + choices)
     flops = (
-        _forward(m, prefix)
-        + items * _forward(m, question, prefix)
-        + items * _forward(m, choices, prefix + question)
+        forward_flops(m, prefix)
+        + items * forward_flops(m, question, prefix)
+        + items * forward_flops(m, choices, prefix + question)
     )
     works = [Work("prefill", role, prefixes * read, prefixes * flops)]
     if generate:
-        decode = items * _forward(m, generate, prefix + question)
+        decode = items * forward_flops(m, generate, prefix + question)
         works.append(Work("decode", role, prefixes * items * generate, prefixes * decode))
     return works
 
@@ -846,7 +541,7 @@ def _align(
     if not rows:
         return [], note
     length = sum(c * x for c, x in pool) / n
-    attention = sum(c * _attention(teacher, x, 0.0) for c, x in pool) / n
+    attention = sum(c * attention_flops(teacher, x, 0.0) for c, x in pool) / n
     work = training(
         teacher, "teacher", rows=rows, length=length, attention=attention, lora=cfg.lora, dpo=True
     )
@@ -874,7 +569,7 @@ def _distill(
     if not rows:
         return [], note
     length = sum(c * x for c, x in pool) / n
-    attention = sum(c * _attention(student, x, 0.0) for c, x in pool) / n
+    attention = sum(c * attention_flops(student, x, 0.0) for c, x in pool) / n
     work = training(
         student, "student", rows=rows, length=length, attention=attention, lora=cfg.lora, dpo=False
     )
@@ -1115,226 +810,3 @@ def assumptions(
             )
         )
     return out
-
-
-# ---------------------------------------------------------------- calibration
-
-
-def calibrate_here(roles: Sequence[str] = ("student", "teacher")) -> list[Calibration]:
-    """A short measured pass on the bundled models: forward tokens/s (prefill, scoring), decode
-    tokens/s at the backend's batch, one training step; FLOP/s achieved in each."""
-    return [_calibrate(role, CALIBRATION_MODELS[role]) for role in roles]
-
-
-def _calibrate(role: str, ref: str) -> Calibration:
-    import torch
-
-    from teachlab import decoding
-    from teachlab.backends.hf import HFBackend
-
-    start, load = time.perf_counter(), _load()
-    try:
-        backend = HFBackend(ref)  # the backend's own model set-up (its decoding head)
-        loaded = time.perf_counter() - start
-    except ModelError as exc:
-        raise ModelError(
-            f"Calibration needs the bundled {role} {ref}: {exc} Or estimate without "
-            "calibration (calibrate=False)."
-        ) from exc
-    model, info = backend.model, model_info(ref, role, None)
-    high = min(int(model.get_input_embeddings().weight.shape[0]), 30000)
-    gen = torch.Generator().manual_seed(0)
-    rows, length = CAL_PREFILL
-    d_rows, d_prompt, d_new = CAL_DECODE
-    t_rows, t_len = CAL_TRAIN
-    batch = torch.randint(100, high, (rows, length), generator=gen)
-    prompt = torch.randint(100, high, (d_prompt,), generator=gen).tolist()
-    suffixes = [[int(t)] for t in torch.randint(100, high, (d_rows,), generator=gen)]
-    train_batch = torch.randint(100, high, (t_rows, t_len), generator=gen)
-    try:
-        with torch.inference_mode():
-            model(input_ids=batch[:, :16])  # warm-up: first-call allocations
-            prefill = _best(lambda: model(input_ids=batch))
-            cache = decoding.encode_prefix(model, prompt)
-            decoded = _best(
-                lambda: decoding.decode_batch(
-                    model,
-                    cache,
-                    d_prompt,
-                    suffixes,
-                    pad_id=backend.pad_id,
-                    eos_ids=frozenset(),  # every row decodes all d_new tokens
-                    max_new_tokens=d_new,
-                    stopped=lambda new: False,
-                )
-            )
-        model.train()
-
-        def step() -> None:
-            model(input_ids=train_batch, labels=train_batch).loss.backward()
-            model.zero_grad(set_to_none=True)
-
-        trained = _best(step)
-    finally:
-        model.eval()
-        backend.close()
-    return Calibration(
-        role=role,
-        ref=ref,
-        params=info.params,
-        prefill_tokens_per_s=rows * length / prefill,
-        prefill_flops=rows * _forward(info, length) / prefill,
-        decode_rows=d_rows,
-        decode_tokens_per_s=d_rows * d_new / decoded,
-        decode_flops=d_rows * _forward(info, d_new, d_prompt) / decoded,
-        train_tokens_per_s=t_rows * t_len / trained,
-        train_flops=t_rows * _trained(info, t_len, lora=False) / trained,
-        seconds=time.perf_counter() - start,
-        load=load,
-        load_seconds=loaded,
-    )
-
-
-def _load() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
-
-def _best(fn: Any) -> float:
-    """The fastest of CAL_TRIALS timed calls (others' jobs only ever slow a trial down)."""
-    best = math.inf
-    for _ in range(CAL_TRIALS):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def describe_machine() -> str:
-    """CPU model, cores, memory and the current load: what "here" means in an estimate."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        memory = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
-    except (ValueError, OSError, AttributeError):
-        memory = "RAM unknown"
-    try:
-        load = f"load average {os.getloadavg()[0]:.1f}"
-    except OSError:
-        load = "load unknown"
-    return f"{cpu}; {os.cpu_count()} cores; {memory}; {load}"
-
-
-# ---------------------------------------------------------------- rendering
-
-
-def render(est: Estimate) -> str:
-    """The estimate as a plain-text table, then the calibration, assumptions and warnings."""
-    gpu_head = est.gpu or "GPU"
-    header = (
-        f"{'stage':<11}{'arm':<14}{'model':<16}{'runs':>5}{'generated':>11}{'read':>10}"
-        f"{'trained':>10}{'FLOPs':>10}{'here':>10}  {gpu_head}"
-    )
-    lines = [
-        f"Compute estimate for experiment {est.experiment!r}: {len(est.tasks)} task(s) x "
-        f"{len(est.arms)} arm(s) ({', '.join(est.arms)}) x {len(est.seeds)} seed(s)",
-        *(
-            f"{role}: {m.ref}, {m.params / 1e9:.3g}B parameters ({m.source})"
-            for role, m in est.models.items()
-        ),
-        "",
-        header,
-        "-" * len(header),
-    ]
-    for row in [*est.rows, est.total()]:
-        if row.stage == "total":
-            lines.append("-" * len(header))
-        lines.append(
-            f"{row.stage:<11}{_arm_label(row):<14}"
-            f"{row.models:<16}{row.runs:>5}{_count(row.tokens_generated):>11}"
-            f"{_count(row.tokens_scored):>10}{_count(row.tokens_trained):>10}"
-            f"{_flops(row.flops):>10}{_duration(row.seconds_here):>10}  "
-            f"{_duration(row.seconds_gpu) if est.gpu else '-'}"
-        )
-    lines += ["", "Stages:"]
-    lines += [f"  {r.stage} {r.arm or '(shared)'}: {r.note}" for r in est.rows if r.note]
-    lines += [
-        "",
-        "Columns: tokens generated (decoded), read (prompts, scoring and evaluation forwards), "
-        "trained (both DPO sequences); FLOPs; time here; time on the GPU.",
-    ]
-    if est.calibration:
-        lines += ["", f"Calibration on this machine ({est.machine}), {est.created}:"]
-        for c in est.calibration:
-            lines.append(
-                f"  {c.role} {c.ref} ({c.params / 1e6:.0f}M): prefill "
-                f"{c.prefill_tokens_per_s:,.0f} tok/s = {c.prefill_flops / 1e9:.1f} GFLOP/s; "
-                f"decode ({c.decode_rows} rows) {c.decode_tokens_per_s:,.1f} tok/s = "
-                f"{c.decode_flops / 1e9:.2f} GFLOP/s; training step "
-                f"{c.train_tokens_per_s:,.0f} tok/s = {c.train_flops / 1e9:.1f} GFLOP/s; "
-                f"model load {c.load_seconds:.1f} s (pass took {c.seconds:.0f} s"
-                + (f", load average {c.load:.1f} as it began)" if c.load is not None else ")")
-            )
-    else:
-        lines += ["", f"Not calibrated (machine: {est.machine}; {est.created})."]
-    lines += ["", "Assumptions:"]
-    lines += [f"  {i}. {a}" for i, a in enumerate(est.assumptions, 1)]
-    if est.warnings:
-        lines += ["", "Warnings:"]
-        lines += [f"  - {w}" for w in est.warnings]
-    return "\n".join(lines)
-
-
-def _arm_label(row: StageRow) -> str:
-    return "" if row.stage == "total" else row.arm or "(shared)"
-
-
-def render_against(rows: Sequence[Mapping[str, Any]]) -> str:
-    """``against``'s rows as a plain-text table."""
-    lines = [
-        f"{'stage':<11}{'arm':<14}{'quantity':<18}{'estimated':>12}{'measured':>12}{'ratio':>8}"
-    ]
-    for r in rows:
-        fmt = _duration if r["quantity"] == "seconds" else _count
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
-        lines.append(
-            f"{r['stage']:<11}{'' if r['stage'] == 'total' else r['arm'] or '(shared)':<14}"
-            f"{r['quantity']:<18}"
-            f"{fmt(r['estimated']):>12}{fmt(r['measured']):>12}{ratio:>8}"
-        )
-    return "\n".join(lines)
-
-
-def _count(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{unit}"
-    return f"{n:.0f}"
-
-
-def _flops(n: float) -> str:
-    return f"{n:.2e}" if n else "0"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for limit, div, unit in (
-        (90, 1, "s"),
-        (90 * 60, 60, "min"),
-        (48 * 3600, 3600, "h"),
-        (2 * 365 * 86400, 86400, "d"),
-    ):
-        if seconds < limit:
-            return f"{seconds / div:.3g} {unit}"
-    return f"{seconds / (365 * 86400):.3g} y"
