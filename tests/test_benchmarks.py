@@ -90,8 +90,13 @@ def test_scoring_benchmark_runs_lm_eval_on_the_same_prompt_text() -> None:
     )
     out = _run("scoring.py", "--quick")
     assert re.search(r"^\(c\) lm-eval-harness hf.* \d+\.\d+ ", out, re.MULTILINE), out
-    # 8 probe items x 2 choices x 2 drafts, every one with TeachLab's prompt text.
-    assert "lm-eval prompts: 32 of 32 requests have TeachLab's text" in out
+    # One request per choice of each of the 8 probe items, for each of the 2 drafts; every
+    # one with TeachLab's prompt text.
+    same = re.search(r"^lm-eval prompts: (\d+) of (\d+) requests have TeachLab's text", out, re.M)
+    assert same, out
+    assert same.group(1) == same.group(2), out
+    assert int(same.group(2)) >= 16 * 2 and int(same.group(2)) % 16 == 0, out
+    assert re.search(r"^lm-eval predictions agree with the reference on \d+ of 16 items", out, re.M)
     assert _value(out, "b/c") > 0
     assert out.strip().splitlines()[-1].startswith("b/d = ")
 
