@@ -101,6 +101,34 @@ def test_a_suite_with_no_task_data_names_the_fix(
         spec(tasks=["bbh"])
 
 
+@pytest.mark.skipif(not bigbench_available(), reason="needs the bundled BIG-bench data")
+def test_launching_again_after_the_executor_died_resumes_the_same_run(db_path: Path) -> None:
+    from datetime import timedelta
+
+    from teachlab.db import write_session
+    from teachlab.stages.launch import launch_experiment
+    from teachlab.db.tables import utcnow
+
+    create_experiment(spec())
+    first = launch_experiment("tiny", requested_by="test").run
+    with write_session() as session:  # what a killed foreground run leaves behind
+        row = session.get(Run, first.id)
+        assert row is not None
+        row.status, row.worker = "running", "gone-worker"
+        row.heartbeat_at = utcnow() - timedelta(seconds=runs.STALE_AFTER_S * 100)
+        session.add(row)
+
+    again = launch_experiment("tiny", requested_by="test").run
+    assert again.id == first.id and again.status == "queued"
+
+    with write_session() as session:  # a live executor is still refused
+        row = session.get(Run, first.id)
+        assert row is not None
+        row.status, row.heartbeat_at = "running", utcnow()
+        session.add(row)
+    assert launch_experiment("tiny", requested_by="test").run.status == "running"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3000)
 @pytest.mark.skipif(

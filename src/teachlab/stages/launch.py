@@ -83,6 +83,7 @@ def launch_experiment(ref: int | str, *, requested_by: str) -> Launched:
     exp = store.load_experiment(ref)
     anchor = exp.anchor(exp.spec.seeds[0])
     rnd = current_round(row_id(anchor))
+    runs.reap(requeue=False)  # a run whose executor died (stale heartbeat) is interrupted
     with read_session() as session:
         earlier = session.exec(
             select(Run)
