@@ -353,3 +353,22 @@ def test_clopper_pearson_matches_the_exact_binomial_interval() -> None:
     lows, highs = clopper_pearson(ks, ns)
     for k, n, lo, hi in zip(ks, ns, lows, highs, strict=True):
         assert (lo, hi) == pytest.approx(binomial_ci(k, n), abs=1e-9)
+
+
+def test_arms_that_never_disagree_have_no_detectable_effect_figure() -> None:
+    row = diff_row(run(outcomes("ref", [0, 1, 1, 0]) + outcomes("arm", [0, 1, 1, 0])))
+    assert row["diff"] == 0 and row["sd"] == 0
+    assert row["mde"] is None and row["n_needed"] is None
+
+
+def test_mcnemar_planning_matches_connor_by_hand() -> None:
+    from teachlab.errors import DataError
+    from teachlab.stats import mcnemar_items_needed
+
+    # δ = 0.05, π_d = 0.20: ((1.959964·√0.2 + 0.841621·√0.1975) / 0.05)² = 625.5 → 626.
+    assert mcnemar_items_needed(0.05, 0.20) == 626
+    assert mcnemar_items_needed(-0.05, 0.20) == 626
+    # Fewer disagreements need fewer items for the same gain (each is more telling).
+    assert mcnemar_items_needed(0.05, 0.10) < mcnemar_items_needed(0.05, 0.20)
+    with pytest.raises(DataError, match="disagree"):
+        mcnemar_items_needed(0.3, 0.2)

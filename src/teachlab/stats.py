@@ -307,6 +307,26 @@ def items_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0
     return max(1, int(np.ceil((_power_z(alpha, power) * sd / abs(effect)) ** 2 - 1e-9)))
 
 
+def mcnemar_items_needed(
+    effect: float, discordance: float, alpha: float = 0.05, power: float = 0.8
+) -> int:
+    """Paired right/wrong items needed for McNemar's test to detect an accuracy difference
+    ``effect`` when the arms disagree on a share ``discordance`` of the items (Connor 1987):
+    ⌈((z_{1−α/2}·√π_d + z_power·√(π_d − δ²)) / δ)²⌉. For planning an experiment before its
+    runs exist; ``effect`` must not exceed ``discordance`` (every gain is a disagreement)."""
+    _power_z(alpha, power)
+    delta = abs(effect)
+    if not 0 < delta <= discordance <= 1:
+        raise DataError(
+            f"Planning needs 0 < |effect| <= discordance <= 1 (got effect {effect}, "
+            f"discordance {discordance}): the arms must disagree on at least the items they "
+            "are to differ by."
+        )
+    z_a, z_b = float(sps.norm.ppf(1 - alpha / 2)), float(sps.norm.ppf(power))
+    root = z_a * np.sqrt(discordance) + z_b * np.sqrt(discordance - delta**2)
+    return max(1, int(np.ceil((root / delta) ** 2 - 1e-9)))
+
+
 def clopper_pearson(
     k: Sequence[int] | np.ndarray, n: Sequence[int] | np.ndarray, confidence: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -481,8 +481,9 @@ def _difference(
         "p": p,
         "p_holm": None,  # set once the whole family is known
         "sd": sd,
-        "mde": min_detectable_effect(sd, n, alpha, POWER) if sd is not None else None,
-        "n_needed": items_needed(diff, sd, alpha, POWER) if sd is not None else None,
+        # Arms that agree on every item leave sd 0, from which no detectable effect follows.
+        "mde": min_detectable_effect(sd, n, alpha, POWER) if sd else None,
+        "n_needed": items_needed(diff, sd, alpha, POWER) if sd else None,
     }
 
 
@@ -567,7 +568,9 @@ def _notes(
     notes.append(
         f"mde is the difference detectable at α = {alpha:g} with {POWER:.0%} power from the "
         "observed sd and n, (z_{1−α/2} + z_0.8)·sd/√n; n_needed is the paired items needed to "
-        "detect the observed diff (normal approximation)."
+        "detect the observed diff (normal approximation). Both are blank (–) where the arms "
+        "agree on every item: sd is 0 and the data say nothing about power; plan with "
+        "`teachlab.stats.mcnemar_items_needed` and an assumed share of disagreeing items."
     )
     dropped = {a: k for a, k in unpaired.items() if k}
     if dropped:
