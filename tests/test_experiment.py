@@ -106,8 +106,8 @@ def test_launching_again_after_the_executor_died_resumes_the_same_run(db_path: P
     from datetime import timedelta
 
     from teachlab.db import write_session
-    from teachlab.stages.launch import launch_experiment
     from teachlab.db.tables import utcnow
+    from teachlab.stages.launch import launch_experiment
 
     create_experiment(spec())
     first = launch_experiment("tiny", requested_by="test").run
