@@ -38,6 +38,7 @@ SHAPE = TaskShape(
     question_block=20,
     rationale_prompt=30,
     plain_prompt=25,
+    scaffold_passes=0,
     special=1,
     description=9,
     question=10,
@@ -131,6 +132,29 @@ def test_tokens_and_flops_match_a_hand_computation() -> None:
     assert rows[("evaluate", "arte")].tokens_scored == 10 + 5 * 14
     assert rows[("evaluate", "arte")].flops == 2 * 100 * 80
     assert est.total().flops == pytest.approx(sum(r.flops for r in est.rows))
+
+
+def test_scaffolded_questions_read_their_prompt_again_for_each_later_pass() -> None:
+    study = StudyConfig.from_dict({**STUDY, "scaffold": True})
+    shape = replace(SHAPE, scaffold_passes=2)  # target and options
+    rows = rows_by_key(build(hand_spec(study=study), {"t": shape}, MODELS))
+    # One question a call: 4 calls share the 100-token prompt (99 + 4 read) and write 20 each;
+    # then 2 passes x 4 rows read prompt 100 + the 20 written; 8 rationale calls as before.
+    draft = rows[("draft", None)]
+    assert draft.tokens_scored == 99 + 4 + 2 * 4 * 120 + 8 * 30
+    assert draft.tokens_generated == 4 * 20 + 8 * 50
+    # regenerate: 2 tailored calls (99 + 2, then 2 x 2 x 120) and 2 rationales of 25.
+    assert rows[("regenerate", "arte")].tokens_scored == 99 + 2 + 2 * 2 * 120 + 2 * 25
+
+
+@pytest.mark.skipif(not bigbench_available("ruin_names"), reason="BIG-bench not fetched")
+def test_scaffold_passes_follow_how_the_task_shows_its_options() -> None:
+    counters = token_counter("bundled:gemma-3-270m"), token_counter("bundled:smollm2-135m-instruct")
+    plain = StudyConfig.from_dict(STUDY)
+    scaffold = StudyConfig.from_dict({**STUDY, "scaffold": True})
+    # ruin_names: each question its own options, written in a pass of their own.
+    assert task_shape("bigbench:ruin_names", scaffold, *counters).scaffold_passes == 2
+    assert task_shape("bigbench:ruin_names", plain, *counters).scaffold_passes == 0
 
 
 def test_time_here_and_on_a_gpu_follow_the_rates() -> None:

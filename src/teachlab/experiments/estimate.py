@@ -473,9 +473,19 @@ def _questions(shape: TaskShape, cfg: StudyConfig, teacher: ModelInfo, calls: fl
     as long as the task's own (at most max_new_tokens)."""
     per_call = 1 if cfg.scaffold else cfg.questions_per_call
     new = min(float(cfg.max_new_tokens), per_call * shape.question_block)
-    return generation(
+    works = generation(
         teacher, "teacher", calls=calls, prompt=shape.question_prompt, new=new, shared=True
     )
+    if shape.scaffold_passes:
+        # After the shared input pass each row has its own text: every later pass (target,
+        # options) reads the whole prompt and what the row wrote again. Its few new tokens are
+        # counted in ``new`` above.
+        prompt = shape.question_prompt + new
+        calls *= shape.scaffold_passes
+        works.append(
+            Work("prefill", "teacher", calls * prompt, calls * forward_flops(teacher, prompt))
+        )
+    return works
 
 
 def _score(

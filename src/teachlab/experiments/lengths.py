@@ -43,6 +43,9 @@ class TaskShape:
     question_block: float  # one tagged question as the teacher writes it
     rationale_prompt: float  # a strategy prompt with one question
     plain_prompt: float  # the erased prompt (rationale pairs, tailored rationales)
+    # scaffolded question calls: the passes after the input (target; options when each question
+    # has its own), each row reading its own prompt again (0 without the scaffold)
+    scaffold_passes: float
     # student side
     special: float  # tokens before any text (BOS)
     description: float
@@ -200,6 +203,7 @@ DEFAULT_SHAPE = {  # stated lengths where a task's data is not here (BIG-bench-l
     "question_block": 115.0,
     "rationale_prompt": 190.0,
     "plain_prompt": 140.0,
+    "scaffold_passes": 1.0,
     "special": 1.0,
     "description": 30.0,
     "question": 100.0,
@@ -217,6 +221,7 @@ def task_shape(
     """Mean token lengths of one task's prompts, from up to SAMPLE of its examples rendered as
     the stages render them; DEFAULT_SHAPE where the task's data is not here."""
     from teachlab import prompts
+    from teachlab.drafting import options_appended, shared_labels
     from teachlab.score.prompt import (
         Demo,
         choice_segment,
@@ -229,7 +234,11 @@ def task_shape(
     try:
         task = resolve_task(ref)
     except DataError:
-        return TaskShape(task=ref, available=None, source="defaults", **DEFAULT_SHAPE)
+        shape = {
+            **DEFAULT_SHAPE,
+            "scaffold_passes": DEFAULT_SHAPE["scaffold_passes"] * config.scaffold,
+        }
+        return TaskShape(task=ref, available=None, source="defaults", **shape)
     splits = make_splits(task, config.n_seed, config.n_probe, config.n_test, seed=0)
     seeds = [task.examples[i] for i in splits.seed]
     sample = [task.examples[i] for i in (*splits.probe, *splits.test)[:SAMPLE]] or seeds
@@ -263,6 +272,10 @@ def task_shape(
             for s in strategies
         ),
         plain_prompt=mean(teacher.prompt(prompts.plain_messages(t)) for t in texts),
+        scaffold_passes=float(
+            config.scaffold
+            and 1 + (options_appended(task, splits.seed) and not shared_labels(task))
+        ),
         special=float(student.special()),
         description=float(student.text(description_segment(task.description))),
         question=mean(student.text(probe_segment(e.input, "loglik")) for e in sample),
