@@ -92,11 +92,10 @@ def launch(host: str | None = None, port: int | None = None, start_worker: bool 
     settings = get_settings()
     settings.ensure_dirs()
     init_db()
-    if on_space():
-        from teachlab.tasks import fetch_bigbench, list_bigbench
+    from teachlab.tasks import fetch_bigbench, list_bigbench
 
-        if not list_bigbench():
-            fetch_bigbench()  # a Space starts bare: fetch the task data once (seconds)
+    if not list_bigbench():
+        fetch_bigbench()  # a fresh storage folder: unpack the bundled tasks (no network, < 1 s)
     if settings.demo_study:
         demo = ensure_demo_study()
         if demo is not None:

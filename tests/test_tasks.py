@@ -17,6 +17,7 @@ from teachlab.settings import get_settings
 from teachlab.tasks import (
     Example,
     Task,
+    bigbench,
     fetch_bigbench,
     list_bigbench,
     load_bigbench,
@@ -26,7 +27,7 @@ from teachlab.tasks import (
     resolve_task,
     save_uploaded_task,
 )
-from teachlab.tasks.bigbench import ARCHIVE_NAME
+from teachlab.tasks.bigbench import ARCHIVE_NAME, BUNDLE, BUNDLED_TASKS
 from teachlab.tasks.splits import near_duplicates
 
 WORDS = [
@@ -269,7 +270,7 @@ def test_fetch_bigbench_extracts_only_task_files_from_cached_archive(storage: Pa
     # a second selection reuses the cached archive and keeps what is there
     fetch_bigbench(tasks=["beta"])
     assert list_bigbench(data_dir) == ["alpha", "beta/sub"]  # the parent holds no examples
-    fetch_bigbench()
+    fetch_bigbench(everything=True)
     files = sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*") if p.is_file())
     assert files == [
         "bigbench/.complete",
@@ -284,7 +285,7 @@ def test_fetch_bigbench_extracts_only_task_files_from_cached_archive(storage: Pa
 
     # complete: returns at once, without the archive
     archive.unlink()
-    assert fetch_bigbench() == root
+    assert fetch_bigbench(everything=True) == root
     assert fetch_bigbench(tasks=["beta/sub"]) == root
 
 
@@ -299,9 +300,57 @@ def test_fetch_bigbench_corrupt_archive_is_removed(storage: Path) -> None:
     archive.parent.mkdir(parents=True)
     archive.write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(2000))
     with pytest.raises(DataError, match="fetch"):
-        fetch_bigbench()
+        fetch_bigbench(everything=True)
     assert not archive.exists()
     assert not (get_settings().data_dir / "bigbench" / ".complete").exists()
+
+
+def test_the_bundled_tasks_unpack_with_no_network_and_match_their_list(
+    storage: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any attempt at the package index fails loudly: the bundle must not need it.
+    monkeypatch.setattr(bigbench, "_download_archive", lambda *a: pytest.fail("downloaded"))
+    root = fetch_bigbench()
+    with tarfile.open(BUNDLE) as tar:
+        members = sorted(tar.getnames())
+    assert sorted({m.split("/", 1)[0] for m in members}) == list(BUNDLED_TASKS)
+    assert all(m.endswith("/task.json") for m in members)
+    names = list_bigbench()
+    assert {n.split("/", 1)[0] for n in names} == set(BUNDLED_TASKS)
+    assert "goal_step_wikihow/step_inference" in names and "logical_deduction" not in names
+    # unchanged BIG-bench files: the demo task keeps its canary and its 1,100 examples
+    raw = json.loads((root / "goal_step_wikihow" / "step_inference" / "task.json").read_text())
+    assert "canary GUID" in raw["canary"]
+    demo = load_bigbench("goal_step_wikihow/step_inference")
+    assert demo.is_multiple_choice and len(demo) == len(raw["examples"]) > 1000
+    assert fetch_bigbench(tasks=["ruin_names"]) == root  # covered: returns at once
+
+
+def test_a_task_outside_the_bundle_comes_from_the_sdist_beside_the_bundled_ones(
+    storage: Path,
+) -> None:
+    data_dir = get_settings().data_dir
+    build_fake_sdist(data_dir / "downloads" / ARCHIVE_NAME)
+    fetch_bigbench(tasks=["navigate", "alpha"])
+    assert list_bigbench() == ["alpha", "navigate"]
+    assert load_bigbench("navigate").is_multiple_choice
+
+
+def test_a_missing_sdist_names_the_bundled_tasks_and_keeps_what_is_there(
+    storage: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetch_bigbench(tasks=["snarks"])
+    # an index that refuses every connection (pip gets the same one)
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    with pytest.raises(DataError, match="needed for emoji_movie") as caught:
+        fetch_bigbench(tasks=["emoji_movie"])
+    message = str(caught.value)
+    assert "`teachlab data fetch` with no task names" in message
+    assert "causal_judgment" in message and "JSONL" in message
+    assert list_bigbench() == ["snarks"]
 
 
 # ---------------------------------------------------------------- task files

@@ -11,15 +11,30 @@ app = typer.Typer(help="Task data (BIG-bench, uploads).", no_args_is_help=True)
 
 
 @app.command("fetch")
-def data_fetch() -> None:
-    """Download the BIG-bench task files (once) into the storage folder.
+def data_fetch(
+    tasks: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="BIG-bench tasks to fetch (default: the bundled ones).", show_default=False
+        ),
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="All of BIG-bench: downloads the 358 MB sdist once.")
+    ] = False,
+) -> None:
+    """Unpack BIG-bench task files into the storage folder (once).
+
+    With no task names it unpacks the tasks the package carries (BIG-Bench Hard and the demo's
+    task; no network). Other tasks, or --all, download the bigbench sdist from the package index.
 
     Example: teachlab data fetch
+    Example: teachlab data fetch emoji_movie
     """
     from teachlab.tasks import fetch_bigbench, list_bigbench
 
     start = time.perf_counter()
-    path = fetch_bigbench()
+    names = [t.removeprefix("bigbench:") for t in tasks or []]
+    path = fetch_bigbench(tasks=names or None, everything=everything)
     typer.echo(
         f"BIG-bench: {len(list_bigbench())} tasks in {path} ({time.perf_counter() - start:.1f} s)"
     )

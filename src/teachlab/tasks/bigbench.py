@@ -1,7 +1,9 @@
-"""BIG-bench tasks: fetch the ``task.json`` files from the PyPI sdist and load them as Tasks.
+"""BIG-bench tasks: unpack the ``task.json`` files into the storage folder and load them as Tasks.
 
-The sdist ``bigbench==1.0.0`` (358 MB) is the only place PyPI carries them; we stream it once,
-keep the archive in ``<data_dir>/downloads/`` and extract only the task files.
+Two sources. The package carries the BIG-Bench Hard tasks and the demo study's task
+(``bundled/bigbench-tasks.tar.xz``, 2 MB, see its NOTICE), so they need no network at all. Any
+other task comes from the sdist ``bigbench==1.0.0`` (358 MB), where the package index still
+serves it: we stream it once, keep it in ``<data_dir>/downloads/`` and extract only task files.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -65,8 +68,24 @@ BBH_TASKS: tuple[str, ...] = (
     "word_sorting",
 )
 
+#: The tasks the package carries (each with its subtasks): the 20 BIG-Bench Hard tasks that
+#: have a task.json, and goal_step_wikihow for the demo study.
+BUNDLED_TASKS: tuple[str, ...] = tuple(
+    sorted(
+        {
+            t
+            for t in BBH_TASKS
+            if t not in ("boolean_expressions", "multistep_arithmetic", "web_of_lies")
+        }
+        | {"goal_step_wikihow"}
+    )
+)
+BUNDLE = Path(__file__).with_name("bundled") / "bigbench-tasks.tar.xz"
+
 # <top>/bigbench/benchmark_tasks/<task>[/<subtask>]/task.json inside the sdist.
 _MEMBER = re.compile(r"^[^/]+/bigbench/benchmark_tasks/([^/]+(?:/[^/]+)?)/task\.json$")
+# <task>[/<subtask>]/task.json inside the bundle.
+_BUNDLE_MEMBER = re.compile(r"^([^/]+(?:/[^/]+)?)/task\.json$")
 
 Progress = Callable[[float, str], None]
 """``progress(fraction, message)``: a ``gr.Progress`` instance fits as is."""
@@ -107,45 +126,66 @@ def fetch_bigbench(
     dest: Path | None = None,
     tasks: list[str] | None = None,
     progress: Progress | None = None,
+    *,
+    everything: bool = False,
 ) -> Path:
-    """Download the BIG-bench sdist (once) and extract its task files into ``<dest>/bigbench``.
+    """Unpack BIG-bench task files into ``<dest>/bigbench`` and return that folder.
 
-    ``dest`` is the data folder (default ``settings.data_dir``); ``tasks`` limits the
-    extraction to those tasks (a task name includes its subtasks; None means all, about 1.7 GB
-    unpacked). Returns the ``bigbench`` folder. Idempotent: returns at once when the marker file
-    says the selection is there; the archive stays in ``<dest>/downloads/`` for retries.
+    ``dest`` is the data folder (default ``settings.data_dir``). ``tasks`` names the tasks (a
+    task name includes its subtasks); None means the bundled ones (:data:`BUNDLED_TASKS`, no
+    network). Bundled tasks come from the package; others, and ``everything=True`` (all of
+    BIG-bench, about 1.7 GB unpacked), need the sdist, downloaded once into
+    ``<dest>/downloads/``. Idempotent: returns at once when the marker file says the selection
+    is there.
     """
     data_dir = dest or get_settings().data_dir
     root = data_dir / "bigbench"
     if tasks is not None and not tasks:
         raise DataError("No BIG-bench tasks named: give task names, or none to fetch them all.")
-    if _covered(_read_marker(root), tasks):
+    wanted: list[str] | None = None if everything else list(tasks or BUNDLED_TASKS)
+    if _covered(_read_marker(root), wanted):
         return root
     report = progress or (lambda fraction, message: None)
     data_dir.mkdir(parents=True, exist_ok=True)
     with _lock(data_dir / "downloads" / ".bigbench.lock"):
         done = _read_marker(root)
-        if _covered(done, tasks):  # another process finished while we waited
+        if _covered(done, wanted):  # another process finished while we waited
             return root
-        archive = _download_archive(data_dir / "downloads", report)
-        report(0.8, "Extracting BIG-bench task files")
-        extracted = _extract_tasks(archive, data_dir, root, tasks, report)
+        from_bundle = [] if wanted is None else [w for w in wanted if _bundled(w)]
+        from_sdist = None if wanted is None else [w for w in wanted if not _bundled(w)]
+        extracted: list[str] = []
+        if from_bundle:
+            report(0.0, "Unpacking the bundled BIG-bench tasks")
+            extracted += _extract_tasks(
+                BUNDLE, "r|xz", _BUNDLE_MEMBER, data_dir, root, from_bundle, report
+            )
+        if from_sdist is None or from_sdist:
+            archive = _download_archive(data_dir / "downloads", report, from_sdist)
+            report(0.8, "Extracting BIG-bench task files")
+            extracted += _extract_tasks(
+                archive, "r|gz", _MEMBER, data_dir, root, from_sdist, report
+            )
         missing = [
-            w for w in tasks or [] if not any(n == w or n.startswith(f"{w}/") for n in extracted)
+            w for w in wanted or [] if not any(n == w or n.startswith(f"{w}/") for n in extracted)
         ]
         if missing:
             log.warning("BIG-bench tasks without a task.json: %s", ", ".join(missing))
-        if tasks is not None and not extracted:
+        if wanted is not None and not extracted:
             known = ", ".join(sorted({n.split("/")[0] for n in list_bigbench(data_dir)})[:20])
             raise DataError(
-                f"None of the BIG-bench tasks {', '.join(tasks)} has a task.json in "
+                f"None of the BIG-bench tasks {', '.join(wanted)} has a task.json in "
                 f"{ARCHIVE_NAME} (programmatic tasks have none). "
                 f"Run `teachlab data list` to see the tasks; some available: {known}."
             )
-        selection = {"*"} if tasks is None else (done or set()) | set(tasks)
+        selection = {"*"} if wanted is None else (done or set()) | set(wanted)
         _write_atomic(root / MARKER, json.dumps({"tasks": sorted(selection)}) + "\n")
     report(1.0, f"BIG-bench ready: {len(list_bigbench(data_dir))} tasks")
     return root
+
+
+def _bundled(name: str) -> bool:
+    """Whether task path ``name`` lies in the bundle (its task is one of BUNDLED_TASKS)."""
+    return name.split("/", 1)[0] in BUNDLED_TASKS
 
 
 @contextlib.contextmanager
@@ -173,7 +213,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _download_archive(downloads: Path, report: Progress) -> Path:
+def _download_archive(downloads: Path, report: Progress, wanted: list[str] | None) -> Path:
     """The cached sdist, downloading it first when it is not there yet."""
     archive = downloads / ARCHIVE_NAME
     if archive.is_file():
@@ -187,7 +227,7 @@ def _download_archive(downloads: Path, report: Progress) -> Path:
         # the user's own pip configuration (mirrors). pip 26.3 (this venv) refuses this sdist
         # on PyPI itself (it declares a direct-URL dependency), so it is only the fallback.
         log.warning("Direct download of %s failed (%s); trying pip download", ARCHIVE_NAME, exc)
-        _pip_download(downloads, first_error=exc)
+        _pip_download(downloads, first_error=exc, wanted=wanted)
     return archive
 
 
@@ -236,7 +276,7 @@ def _http_download(url: str, sha256: str | None, archive: Path, report: Progress
     os.replace(part, archive)
 
 
-def _pip_download(downloads: Path, first_error: Exception) -> None:
+def _pip_download(downloads: Path, first_error: Exception, wanted: list[str] | None) -> None:
     archive = downloads / ARCHIVE_NAME
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
@@ -246,24 +286,35 @@ def _pip_download(downloads: Path, first_error: Exception) -> None:
     if archive.is_file():  # pip may fail after saving (metadata checks); the file is what we need
         return
     detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    asked = "all of BIG-bench" if wanted is None else ", ".join(wanted)
     raise DataError(
-        f"Could not download {ARCHIVE_NAME} from the package index ({first_error}; pip: "
-        f"{detail}). Check the network and retry, or download {ARCHIVE_NAME} from "
-        f"https://pypi.org/project/{PACKAGE}/{VERSION}/#files yourself and put it in {downloads}."
+        f"Could not download {ARCHIVE_NAME}, needed for {asked}, from the package index "
+        f"({first_error}; pip: {detail}). The bundled tasks need no download (`teachlab data "
+        f"fetch` with no task names: {', '.join(BUNDLED_TASKS[:4])}, …; `teachlab data list` "
+        f"shows them). For another task, put {ARCHIVE_NAME} in {downloads} yourself, or upload "
+        "the task as a JSONL or CSV file."
     )
 
 
 def _extract_tasks(
-    archive: Path, data_dir: Path, root: Path, wanted: list[str] | None, report: Progress
+    archive: Path,
+    mode: str,
+    pattern: re.Pattern[str],
+    data_dir: Path,
+    root: Path,
+    wanted: list[str] | None,
+    report: Progress,
 ) -> list[str]:
-    """Stream the archive and move each selected task folder into ``root`` atomically."""
+    """Stream the archive (``mode``: ``r|gz``, ``r|xz``) and move each selected task file, its
+    path matched by ``pattern``, into ``root`` atomically."""
     staging = Path(tempfile.mkdtemp(dir=data_dir, prefix=".bigbench-"))
     names: list[str] = []
     size = archive.stat().st_size
+    bundled = archive == BUNDLE
     try:
-        with archive.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
+        with archive.open("rb") as raw, tarfile.open(fileobj=raw, mode=mode) as tar:  # type: ignore[call-overload]
             for member in tar:
-                match = _MEMBER.match(member.name)
+                match = pattern.match(member.name)
                 if not match or not member.isfile():
                     continue
                 name = match.group(1)
@@ -279,14 +330,19 @@ def _extract_tasks(
                 with source, target.open("wb") as out:
                     shutil.copyfileobj(source, out, 1 << 20)
                 names.append(name)
-                report(0.8 + 0.2 * raw.tell() / size, f"Extracting {name}")
+                done = raw.tell() / size
+                report(done if bundled else 0.8 + 0.2 * done, f"Extracting {name}")
         # Replace file by file: each replace is atomic, and the marker written after the last
         # one is what says the selection is complete.
         for name in names:
             final = root / name / "task.json"
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / name / "task.json", final)
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        if bundled:
+            raise DataError(
+                f"The bundled BIG-bench archive {archive} is damaged ({exc}): reinstall TeachLab."
+            ) from exc
         archive.unlink(missing_ok=True)  # damaged archive: make the retry download it again
         raise DataError(
             f"Could not read BIG-bench archive {archive}: {exc}. It has been removed; "
