@@ -18,7 +18,7 @@ from sqlmodel import select
 from teachlab import prompts
 from teachlab.backends.base import GenRequest
 from teachlab.config import StudyConfig
-from teachlab.db import Draft, Round, Study, read_session
+from teachlab.db import Draft, Round, Study, read_session, write_session
 from teachlab.drafting import check_target, derive_seed, shared_labels
 from teachlab.jobs.context import LocalContext
 from teachlab.prompts import parse_question_blocks, parse_questions, parse_rationale
@@ -310,9 +310,10 @@ def _sports_task(tmp: Path) -> Path:
     return task_file(tmp, rows, "sports.jsonl").path
 
 
-def _make_round(tmp: Path, task: Path | None = None, **config: object) -> int:
+def _make_round(tmp: Path, task: Path | None = None, name: str = "s", **config: object) -> int:
     cfg = StudyConfig.from_dict({"n_questions": 5, "questions_per_call": 3, **config})
     made = study(
+        name=name,
         task_ref=f"file:{task or _sports_task(tmp)}",
         teacher="fake",
         student="fake",
@@ -426,12 +427,51 @@ def test_rationales_one_per_strategy_with_answers_and_flags(db_path: Path, tmp_p
     assert result["ok"] == len(rationales) == 2 * len(questions)
     assert {r.strategy for r in rationales} == {"expert", "rules"}
     r = rationales[0]
-    assert r.idem_key == f"r:{r.parent_id}:{r.strategy}" and r.answer == "plausible"
+    parent_key = next(q.idem_key for q in questions if q.id == r.parent_id)
+    assert r.idem_key == f"r:{parent_key}:{r.strategy}" and r.answer == "plausible"
     assert r.rationale.endswith("<ans>plausible</ans>") and "User:" not in r.rationale
     assert r.template_version == "rationale@1" and r.sampling["temperature"] == 0.7
     parent = next(q for q in questions if q.id == r.parent_id)
     assert ("answer-disagrees-with-target" in r.flags) == (parent.target != "plausible")
     assert "You are a world-class expert in sports." in r.prompt
+
+
+def test_the_same_study_seeds_the_same_rationales_wherever_its_rows_lie(
+    db_path: Path, tmp_path: Path
+) -> None:
+    task = _sports_task(tmp_path)
+    seeds = []
+    for name in ("first", "second"):  # the second study's questions get other row ids
+        round_id = _make_round(tmp_path, task, name, n_rationales=2)
+        ctx = LocalContext()
+        draft_questions(ctx, round_id, FakeTeacher())
+        draft_rationales(ctx, round_id, FakeTeacher())
+        questions = {q.id: q.idem_key for q in _drafts(round_id=round_id, kind="question")}
+        seeds.append(
+            sorted(
+                (questions[r.parent_id], r.strategy, r.sampling["seed"])  # type: ignore[index]
+                for r in _drafts(round_id=round_id, kind="rationale")
+            )
+        )
+    assert seeds[0] and seeds[0] == seeds[1]
+    assert len({seed for *_, seed in seeds[0]}) == len(seeds[0])  # still one seed a request
+
+
+def test_rationales_stored_under_the_old_row_id_keys_count_as_done(
+    db_path: Path, tmp_path: Path
+) -> None:
+    round_id = _make_round(tmp_path, n_rationales=2)
+    ctx = LocalContext()
+    draft_questions(ctx, round_id, FakeTeacher())
+    draft_rationales(ctx, round_id, FakeTeacher())
+    with write_session() as session:  # as a round drafted by an earlier version stored them
+        for r in session.exec(select(Draft).where(Draft.kind == "rationale")).all():
+            r.idem_key = f"r:{r.parent_id}:{r.strategy}"
+            session.add(r)
+    before = len(_drafts(kind="rationale"))
+    again = FakeTeacher()
+    draft_rationales(ctx, round_id, again)
+    assert again.calls == [] and len(_drafts(kind="rationale")) == before
 
 
 class SilentTeacher(FakeTeacher):
@@ -723,18 +763,25 @@ def test_real_teacher_output_parses_without_errors_and_prefill_helps(teacher: ob
 
 @pytest.mark.slow
 def test_real_teacher_drafts_are_reproducible(teacher: object, tmp_path: Path) -> None:
+    # Two studies in one database: the second's questions have other row ids.
     texts = []
-    for name in ("a", "b"):
-        with use_storage(tmp_path / name):
+    with use_storage(tmp_path / "storage"):
+        for name in ("first", "second"):
             round_id = _make_round(
-                tmp_path, n_questions=2, questions_per_call=2, n_rationales=1, max_new_tokens=32
+                tmp_path,
+                name=name,
+                n_questions=2,
+                questions_per_call=2,
+                n_rationales=1,
+                max_new_tokens=32,
             )
             ctx = LocalContext()
             draft_questions(ctx, round_id, FakeTeacher())
             draft_rationales(ctx, round_id, teacher)  # type: ignore[arg-type]
-            rows = _drafts(kind="rationale")
-        assert len(rows) == 2 and all(
-            r.sampling["backend"] == "transformers:bundled:gemma-3-270m" for r in rows
-        )
-        texts.append([(r.idem_key, r.raw_output) for r in rows])
+            rows = _drafts(round_id=round_id, kind="rationale")
+            assert len(rows) == 2 and all(
+                r.sampling["backend"] == "transformers:bundled:gemma-3-270m" for r in rows
+            )
+            keys = {q.id: q.idem_key for q in _drafts(round_id=round_id, kind="question")}
+            texts.append(sorted((keys[r.parent_id], r.raw_output) for r in rows))  # type: ignore[index]
     assert texts[0] == texts[1]

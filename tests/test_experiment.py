@@ -211,3 +211,20 @@ def test_a_two_task_two_arm_experiment_runs_resumes_and_compares(db_path: Path) 
     spent = {(c["arm"], c["stage"]) for c in found["cost"]}
     assert {("arte", "align"), ("arte", "distill"), ("original", "regenerate")} <= spent
     assert sum(c.seconds for c in costs) > 0 and all(c.peak_rss_mb > 0 for c in costs)
+
+
+def test_the_placebo_coin_follows_a_pairs_content_not_its_row_id() -> None:
+    from teachlab.db.tables import Pair
+    from teachlab.stages.experiment import _coin
+
+    def pair(i: int, row_id: int) -> Pair:
+        return Pair(
+            id=row_id, round_id=1, level="rationale", rule="arte", prompt=f"p{i}",
+            chosen=f"c{i}", rejected=f"r{i}", margin=0.1, rank=0,
+        )  # fmt: skip
+
+    assert _coin(0, pair(1, 10)) == _coin(0, pair(1, 999))
+    draws = [_coin(0, pair(i, i)) for i in range(400)]
+    assert all(0 <= d < 1 for d in draws)
+    assert 150 < sum(d < 0.5 for d in draws) < 250  # a fair coin
+    assert draws != [_coin(1, pair(i, i)) for i in range(400)]  # the seed matters

@@ -2,9 +2,11 @@
 seeds and keys, the scaffolded question writer, and the Draft fields of a teacher's output.
 
 - Keys: a question call's rows are ``q:{call}:{j}`` (the j-th ``<Question_k>`` block, whatever
-  its k) or ``q:{call}:raw`` when the output had no block; a rationale is ``r:{question}:{strategy}``.
+  its k) or ``q:{call}:raw`` when the output had no block; a rationale is
+  ``r:{question's key}:{strategy}`` (``r:q:3:0:expert``).
 - Seeds: ``derive_seed(study.seed, round.index, phase, key)``, a hash, so no two calls, rounds
-  or phases share one however many calls a stage makes.
+  or phases share one however many calls a stage makes. Keys are made of positions, never
+  row ids, so a study drafts the same texts whichever database it lives in.
 - Targets: a task whose examples share one label set (plausible/implausible; BBH's (A)…(F))
   gives drafts that set as ``choices``; per-example choices (BIG-bench date_understanding) come
   from the draft's own ``Options:`` line, which must list two or more different options. The

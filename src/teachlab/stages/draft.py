@@ -336,22 +336,24 @@ def _rationale_requests(
     loaded: LoadedRound,
     questions: Iterable[Draft],
     strategies: Sequence[str],
-    done: set[str],
+    done: set[tuple[int | None, str | None]],
     *,
     phase: str,
     temperature: float,
     prefill: str,
     tokenizer: Any,
 ) -> tuple[list[GenRequest], dict[str, tuple[Draft, str]]]:
-    """One request per (question, strategy) not stored yet, keyed ``r:{question}:{strategy}``."""
+    """One request per (question, strategy) not in ``done`` (question ids and strategies),
+    keyed ``r:{question's key}:{strategy}`` (``r:q:3:0:expert``): made of the question's own
+    key, not its row id, so the same study samples the same rationales in any database."""
     task = loaded.task
     by_key: dict[str, tuple[Draft, str]] = {}
     requests = []
     for q in questions:
         text = prompts.question_text(q.input or "", q.choices)
         for strategy in strategies:
-            key = f"r:{q.id}:{strategy}"
-            if key in done:
+            key = f"r:{q.idem_key}:{strategy}"
+            if (q.id, strategy) in done:
                 continue
             if strategy == ERASED_STRATEGY:
                 messages = prompts.plain_messages(text)
@@ -396,8 +398,10 @@ def draft_rationales(
         questions = session.exec(
             queries.drafts(round_id, kind="question", phase=phase, status="ok")
         ).all()
+        # By question and strategy: rows stored before rationale keys named the question's key
+        # (``r:{row id}:{strategy}``) count as done too.
         done = {
-            d.idem_key
+            (d.parent_id, d.strategy)
             for d in session.exec(queries.drafts(round_id, kind="rationale", phase=phase))
         }
     requests, by_key = _rationale_requests(

@@ -10,6 +10,7 @@ that succeeded and resumes the one that stopped; each step's cost is recorded as
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -236,6 +237,12 @@ def _round0(study: Study) -> int:
     return row_id(rnd)
 
 
+def _coin(seed: int, pair: Pair) -> float:
+    """A uniform draw in [0, 1) fixed by the seed and the pair's level and texts."""
+    text = "\0".join((str(seed), pair.level, pair.prompt, pair.chosen, pair.rejected))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
 def _pairs(exp: store.Loaded, seed: int, source: str) -> list[dict[str, str]]:
     """The pairs of all tasks' round 0 pooled, as the arm's source has them."""
     from teachlab import review
@@ -249,8 +256,9 @@ def _pairs(exp: store.Loaded, seed: int, source: str) -> list[dict[str, str]]:
         )
         for p in found:
             chosen, rejected = p.chosen, p.rejected
-            # The placebo: the same prompts, the chosen side drawn by a seeded coin.
-            if source == "random" and random.Random(f"{seed}:{p.id}").random() < 0.5:
+            # The placebo: the same prompts, the chosen side drawn by a coin seeded by the
+            # pair's content (not its row id, so the same study flips the same pairs anywhere).
+            if source == "random" and _coin(seed, p) < 0.5:
                 chosen, rejected = rejected, chosen
             out.append({"prompt": p.prompt, "chosen": chosen, "rejected": rejected})
     return out
