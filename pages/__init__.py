@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import signal
+from typing import Any
 
 import gradio as gr
 
@@ -17,8 +18,9 @@ from pages import runs as runs_page
 from pages import scores as scores_page
 from pages import studies as studies_page
 from pages.auth import MAX_FAILURES, LoginGuard, expire_sessions
-from pages.common import AppState
+from pages.common import AppState, context_md, md, ui_errors
 from teachlab.db import init_db
+from teachlab.errors import PermissionDenied
 from teachlab.settings import Settings, get_settings, on_space
 
 log = logging.getLogger("teachlab.app")
@@ -29,7 +31,13 @@ AUTH_MESSAGE = (
 )
 CSS = """
 .tl-pre { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 0.85em; }
+/* Table headers wrap between words, never letter by letter down a narrow column. */
+table th, table th * { word-break: keep-all !important; overflow-wrap: normal !important; }
+table th { min-width: 4.5em; }
+#current-context { padding: 6px 10px; border-radius: 6px; background: var(--block-background-fill); }
+#current-user { text-align: right; }
 """
+THEME = gr.themes.Soft(primary_hue="teal", secondary_hue="slate", neutral_hue="slate")
 
 
 def build_app(settings: Settings | None = None) -> gr.Blocks:
@@ -38,9 +46,16 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     init_db()
     state = AppState(settings=settings, users=settings.users())
     with gr.Blocks(title="TeachLab") as app:
-        gr.Markdown(
-            "# TeachLab\nTeacher drafts · student scores · you review · DPO aligns · SFT distils"
-        )
+        with gr.Row(equal_height=True):
+            gr.Markdown(
+                "# TeachLab\nTeacher drafts · student scores · you review · DPO aligns · "
+                "SFT distils",
+                elem_id="masthead",
+            )
+            who = gr.Markdown(elem_id="current-user")
+            logout = gr.Button(
+                "Log out", link="/logout", size="sm", scale=0, visible=state.auth_enabled
+            )
         if on_space():
             gr.DuplicateButton("Duplicate this Space to run your own studies", size="sm")
         if settings.demo_mode:
@@ -54,22 +69,69 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 "vanish when it restarts. Duplicate the Space and add storage to keep them."
             )
         current_study = gr.State(None)
-        with gr.Tab("Studies"):
+        context = gr.Markdown(context_md(None), elem_id="current-context")
+        tabs = []
+        with gr.Tab("Studies") as tab:
             studies_page.build(state, current_study)
+        tabs.append(tab)
         with gr.Tab("Drafts") as tab:
             drafts_page.build(state, current_study, tab)
+        tabs.append(tab)
         with gr.Tab("Scores") as tab:
             scores_page.build(state, current_study, tab)
+        tabs.append(tab)
         with gr.Tab("Review") as tab:
             review_page.build(state, current_study, tab)
+        tabs.append(tab)
         with gr.Tab("Runs") as tab:
             runs_page.build(state, current_study, tab)
+        tabs.append(tab)
         with gr.Tab("Progress") as tab:
             progress_page.build(state, current_study, tab)
+        tabs.append(tab)
         with gr.Tab("Compare") as tab:
             compare_page.build(state, tab)
-        with gr.Tab("Export"):
-            export_page.build(state, current_study)
+        with gr.Tab("Export") as tab:
+            # Exports write into the storage folder: admins only (a tab itself cannot be
+            # hidden reliably, its contents can).
+            export_note = gr.Markdown(
+                "Exports are made by the study's admins; ask one for a dataset.",
+                visible=False,
+                elem_id="export-annotator-note",
+            )
+            with gr.Column() as export_box:
+                export_page.build(state, current_study)
+        tabs.append(tab)
+        state.for_admins(export_box)
+        # The current study and its round, named on every page; read again on each tab switch
+        # (a round finished since, a new round opened).
+        gr.on(
+            [current_study.change, *(t.select for t in tabs)],
+            ui_errors(context_md),
+            [current_study],
+            [context],
+            api_visibility="private",
+            show_progress="hidden",
+        )
+        admin_only = list(state.admin_only)
+
+        def by_role(request: gr.Request) -> tuple[Any, ...]:
+            """Show a visitor who they are, and only the controls their role may use."""
+            try:
+                role = state.role(request)
+                name = state.user(request)
+            except PermissionDenied:
+                role, name = "anonymous", ""
+            line = f"Logged in as **{md(name)}** ({role})" if state.auth_enabled else ""
+            shown = role == "admin"
+            return (
+                line,
+                gr.update(visible=not shown),
+                *(gr.update(visible=shown) for _ in admin_only),
+            )
+
+        app.load(by_role, None, [who, export_note, *admin_only], api_visibility="private")
+        del logout
     return app
 
 
@@ -120,6 +182,7 @@ def launch(host: str | None = None, port: int | None = None, start_worker: bool 
             max_file_size=f"{settings.max_upload_mb}mb",
             footer_links=["api"],
             css=CSS,
+            theme=THEME,
             prevent_thread_lock=True,
         )
         expire_sessions(app, settings.session_hours)

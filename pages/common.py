@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar
@@ -29,6 +30,12 @@ class AppState:
 
     settings: Settings
     users: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (password, role)
+    # Controls only admins see, registered by the pages as they are built; each page load shows
+    # or hides them by the visitor's role (the handlers check the role again on the server).
+    admin_only: list[Any] = field(default_factory=list)
+
+    def for_admins(self, *components: Any) -> None:
+        self.admin_only.extend(components)
 
     @property
     def auth_enabled(self) -> bool:
@@ -59,21 +66,63 @@ class AppState:
         return self.user(request)
 
 
+_DEPTH: ContextVar[int] = ContextVar("teachlab_ui_depth", default=0)
+
+
+def from_api_client() -> bool:
+    """Whether the event in progress came from an API client (``gradio_client`` marks its
+    requests) rather than from the page in a browser."""
+    from gradio.context import LocalContext
+
+    request = LocalContext.request.get(None)
+    headers = getattr(request, "headers", None)
+    return bool(headers) and headers.get("x-gradio-user") == "api"
+
+
+def refuse(message: str) -> Any:
+    """Say why an action was not done, and leave the page as it was.
+
+    In a browser the message is a warning toast (escaped: it often quotes what the user typed,
+    and a toast renders HTML) and every output is skipped, so a refused action never replaces
+    the page's other components with error badges. An API client gets a raised error, as it
+    expects.
+    """
+    if from_api_client():
+        raise gr.Error(message)
+    gr.Warning(esc(message), title="Not done", duration=12)
+    return gr.skip()
+
+
 def ui_errors(fn: F) -> F:
     """The page boundary: a TeachLab error, or any expected failure (storage, a locked or
-    damaged database, memory), becomes one readable gr.Error; an unexpected one says it is a
-    bug and where its traceback was logged, never shows the traceback."""
+    damaged database, memory), becomes one readable message (``refuse``); an unexpected one
+    says it is a bug and where its traceback was logged, never shows the traceback.
+
+    Handlers call one another (a row select shows a draft); only the outermost one turns an
+    error into a message, so an inner refusal never returns a skip in place of a value.
+    """
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        outer = _DEPTH.get() == 0
+        token = _DEPTH.set(_DEPTH.get() + 1)
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as exc:
+            if not outer:
+                raise
+            return refuse(str(exc.message))
         except TeachlabError as exc:
-            raise gr.Error(str(exc)) from exc
+            if not outer:
+                raise gr.Error(str(exc)) from exc
+            return refuse(str(exc))
         except Exception as exc:
-            raise gr.Error(one_line(exc)) from exc
+            message = one_line(exc)
+            if not outer:
+                raise gr.Error(message) from exc
+            return refuse(message)
+        finally:
+            _DEPTH.reset(token)
 
     return wrapper  # type: ignore[return-value]
 
@@ -102,22 +151,51 @@ def pre(text: object) -> str:
 
 
 def when_round_chosen(
-    fn: Callable[..., Any], n_outputs: int, round_arg: int = 0
+    fn: Callable[..., Any], n_outputs: int, round_arg: int = 1, study_arg: int = 0
 ) -> Callable[..., Any]:
-    """A tab-select handler that leaves the page alone while its round picker is still empty.
+    """A tab-select handler that leaves the page alone until its round picker holds a round of
+    the current study.
 
-    Selecting a study fills the picker a moment later; a tab opened in between would otherwise
-    answer "select a study first" after the study's own update and overwrite it.
+    Selecting a study fills the picker a moment later. A tab opened in between would otherwise
+    answer for the empty picker, or for the previous study's round, after the study's own
+    update, and overwrite it (a page showing "no scores yet" for a study that has them).
     """
 
     @wraps(fn)
     def wrapper(*args: Any) -> Any:
-        if not args[round_arg]:
+        study_id, round_id = args[study_arg], args[round_arg]
+        if not round_id or not study_id or not _round_of(round_id, study_id):
             skipped = tuple(gr.skip() for _ in range(n_outputs))
             return skipped if n_outputs > 1 else skipped[0]
         return fn(*args)
 
     return wrapper
+
+
+def _round_of(round_id: Any, study_id: Any) -> bool:
+    from teachlab import views
+    from teachlab.errors import NotFoundError
+
+    try:
+        return views.study_of_round(views.as_id(round_id)).id == int(study_id)
+    except (NotFoundError, TypeError, ValueError):
+        return False
+
+
+def context_md(study_id: int | None) -> str:
+    """The line at the top of every page: which study and round the pages are showing."""
+    if not study_id:
+        return "No study selected — pick one on the **Studies** page (or create one)."
+    from teachlab import studies
+    from teachlab.rounds import current_round
+
+    study = studies.get_study(int(study_id))
+    rnd = current_round(int(study_id))
+    return (
+        f"Study **#{study.id} {md(study.name)}** · round {rnd.index} ({rnd.status}) · "
+        f"task `{esc(study.task_ref)}` · teacher `{esc(study.teacher)}` → student "
+        f"`{esc(study.student)}`" + (" · _archived_" if study.archived else "")
+    )
 
 
 def signal_panel(round_id: int | None) -> str:

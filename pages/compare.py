@@ -290,6 +290,7 @@ def build(state: AppState, tab: gr.Tab) -> None:
             launch = gr.Button(
                 "Launch / resume", variant="primary", scale=0, elem_id="compare-launch"
             )
+        state.for_admins(launch)
         spec = gr.Markdown(PICK, elem_id="compare-spec")
         message = gr.Markdown(elem_id="compare-message")
         status_line = gr.HTML(elem_id="compare-status")

@@ -27,6 +27,12 @@ def _choices(values: list[str]) -> list[tuple[str, str]]:
 def parse_rate_md(study_id: int) -> str:
     rates = views.parse_rates(study_id)
     if not rates:
+        run = views.latest_run(study_id)
+        if run is not None and run.status in views.ACTIVE_RUN:
+            return (
+                f"No drafts stored yet — run #{run.id} ({run.kind}) is {run.status}; drafts "
+                "appear here as the teacher writes them."
+            )
         return "No drafts yet — launch a **draft** run on the Runs page."
     parts = [
         f"round {r.round_index} {r.kind}s: **{r.rate:.0%}** parsed ({r.total - r.rejected}/{r.total}"
@@ -256,7 +262,7 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
     )
     refresh.click(refresh_list, [current_study, *filters], list_outputs, api_name="drafts_list")
     tab.select(
-        when_round_chosen(refresh_list, len(list_outputs), round_arg=1),
+        when_round_chosen(refresh_list, len(list_outputs)),
         [current_study, *filters],
         list_outputs,
         api_name="drafts_tab",

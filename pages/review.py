@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, pre, ui_errors, when_round_chosen
+from pages.common import AppState, esc, md, pre, ui_errors, when_round_chosen
 from teachlab import review, rounds, studies, views
 from teachlab.errors import ConfigError
 
@@ -74,6 +74,34 @@ def _opt(value: str | None) -> str | None:
     return None if not value or value == views.ALL else value
 
 
+def _bound(value: str | float | None, label: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(
+            f"'{label}' must be a number such as 0.1 or -0.25, not {str(value)!r}; clear the box "
+            "for no bound."
+        ) from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(f"'{label}' must be a finite number; clear the box for no bound.")
+    return number
+
+
+def margin_bounds(
+    low: str | float | None, high: str | float | None
+) -> tuple[float | None, float | None]:
+    """The bulk filter's bounds from its two boxes (empty: no bound), checked to meet."""
+    lo, hi = _bound(low, "margin ≥"), _bound(high, "margin ≤")
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(
+            f"margin ≥ {lo:g} and margin ≤ {hi:g} match no pair; raise the ≤ bound above "
+            f"{lo:g}, or clear it for no upper bound."
+        )
+    return lo, hi
+
+
 def progress_html(done: int, total: int) -> str:
     pct = round(100 * done / total) if total else 0
     return (
@@ -84,10 +112,19 @@ def progress_html(done: int, total: int) -> str:
     )
 
 
+SCORE_NAMES = {"accuracy": "probe accuracy", "margin": "log-prob margin"}
+
+
 def _side(
-    title: str, colour: str, text: str, score: float | None, student: views.StudentView | None
+    title: str,
+    colour: str,
+    text: str,
+    score: float | None,
+    student: views.StudentView | None,
+    metric: str = "accuracy",
 ) -> str:
-    head = f"<b>{title}</b>" + (f" · score {score:.3f}" if score is not None else "")
+    name = SCORE_NAMES.get(metric, metric)
+    head = f"<b>{title}</b>" + (f" · {esc(name)} {score:.3f}" if score is not None else "")
     lines = [head, pre(text)]
     if student is not None:
         n = len(student.predictions)
@@ -110,19 +147,29 @@ def _side(
 
 def pair_html(detail: views.PairDetail, events: list[Any]) -> str:
     p = detail.pair
-    base = f" · zero-shot baseline {detail.baseline:.3f}" if detail.baseline is not None else ""
+    base = (
+        f" · zero-shot probe accuracy {detail.baseline:.3f}" if detail.baseline is not None else ""
+    )
     last = (
         f" · last decided by {esc(p.annotator)}" + (f" ({esc(p.note)})" if p.note else "")
         if p.annotator
         else ""
     )
+    name = SCORE_NAMES.get(detail.metric, detail.metric)
     parts = [
-        f"<div>Pair <b>#{p.id}</b> · {esc(p.level)} level · rule {esc(p.rule)} · margin "
-        f"<b>{p.margin:+.3f}</b> · status <b>{esc(p.status)}</b> · {esc(p.source)} · "
-        f"version {p.version}{base}{last}</div>",
+        f"<div>Pair <b>#{p.id}</b> · {esc(p.level)} level · rule {esc(p.rule)} · "
+        f"{esc(name)} gap (chosen − rejected) <b>{p.margin:+.3f}</b> · status "
+        f"<b>{esc(p.status)}</b> · {esc(p.source)} · version {p.version}{base}{last}</div>",
+    ]
+    if detail.question:
+        parts.append(
+            "<div class='tl-question'><b>Question both rationales answer</b>"
+            f"{pre(detail.question)}</div>"
+        )
+    parts += [
         "<div style='display:grid;grid-template-columns:1fr 1fr;gap:12px;margin:8px 0'>",
-        _side("Chosen", "#54a24b", p.chosen, p.chosen_score, detail.chosen),
-        _side("Rejected", "#e45756", p.rejected, p.rejected_score, detail.rejected),
+        _side("Chosen", "#54a24b", p.chosen, p.chosen_score, detail.chosen, detail.metric),
+        _side("Rejected", "#e45756", p.rejected, p.rejected_score, detail.rejected, detail.metric),
         "</div>",
         f"<details><summary>Prompt the teacher is trained on</summary>{pre(p.prompt)}</details>",
     ]
@@ -196,16 +243,25 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         with gr.Row():
             pair_no = gr.Number(label="Pair id", precision=0, elem_id="review-pair-id")
             open_btn = gr.Button("Open", scale=0, elem_id="review-open")
-        with gr.Accordion("Bulk decisions by margin (admins; unreviewed pairs only)", open=False):
+        with gr.Accordion(
+            "Bulk decisions by margin (admins; unreviewed pairs only)", open=False
+        ) as bulk_box:
             with gr.Row():
-                min_margin = gr.Number(label="margin ≥", elem_id="review-bulk-min")
-                max_margin = gr.Number(label="margin ≤", elem_id="review-bulk-max")
+                # Text, not number boxes: an empty box is "no bound" (a number box sends 0).
+                min_margin = gr.Textbox(
+                    label="margin ≥", placeholder="no lower bound", elem_id="review-bulk-min"
+                )
+                max_margin = gr.Textbox(
+                    label="margin ≤", placeholder="no upper bound", elem_id="review-bulk-max"
+                )
                 bulk_level = gr.Dropdown(LEVEL_CHOICES, value=views.ALL, label="Level")
+            bulk_match = gr.Markdown(elem_id="review-bulk-match")
             with gr.Row():
                 bulk_ok = gr.Button("Approve all matching", elem_id="review-bulk-approve")
                 bulk_no = gr.Button(
                     "Reject all matching", variant="stop", elem_id="review-bulk-reject"
                 )
+        state.for_admins(bulk_box)
         pair_id = gr.State(None)
         version = gr.State(None)
         last = gr.State(None)  # (pair id, version) of this tab's latest decision, for undo
@@ -389,13 +445,14 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         lv: str,
         od: str,
         pid: int | None,
-        low: float | None,
-        high: float | None,
+        low: str | float | None,
+        high: str | float | None,
         blevel: str,
     ) -> tuple[Any, ...]:
         who = state.require_admin(request)
         if not round_id:
             raise gr.Error("Select a study on the Studies page first.")
+        low, high = margin_bounds(low, high)
         if low is None and high is None:
             raise ConfigError(
                 "Give a margin bound (≥ and/or ≤) for a bulk decision, so it never "
@@ -430,8 +487,8 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
     )
     gr.on([w.input for w in filters], refresh, filters, view_outputs, api_name="review_queue")
     tab.select(
-        when_round_chosen(refresh, len(view_outputs)),
-        filters,
+        when_round_chosen(lambda _study, *f: refresh(*f), len(view_outputs)),
+        [current_study, *filters],
         view_outputs,
         api_name="review_tab",
         show_progress="hidden",
@@ -464,6 +521,28 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
     def bulk_reject(request: gr.Request, *args: Any) -> tuple[Any, ...]:
         return do_bulk("reject", request, *args)
 
+    def preview(round_id: Any, low: str | None, high: str | None, blevel: str) -> str:
+        if not round_id:
+            return ""
+        try:
+            lo, hi = margin_bounds(low, high)
+        except ConfigError as exc:
+            return f"⚠ {md(str(exc))}"
+        if lo is None and hi is None:
+            return "Give a bound (≥ and/or ≤) to choose pairs."
+        n = review.count_matching(
+            views.as_id(round_id), min_margin=lo, max_margin=hi, level=_opt(blevel)
+        )
+        return f"**{n}** unreviewed pairs match."
+
+    gr.on(
+        [min_margin.change, max_margin.change, bulk_level.change, rnd.change],
+        preview,
+        [rnd, min_margin, max_margin, bulk_level],
+        [bulk_match],
+        api_visibility="private",
+        show_progress="hidden",
+    )
     bulk_ok.click(bulk_approve, bulk_in, [*view_outputs, message], api_name="review_bulk_approve")
     bulk_no.click(bulk_reject, bulk_in, [*view_outputs, message], api_name="review_bulk_reject")
     guide_save.click(

@@ -135,25 +135,26 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
             "Runs execute in the background worker; this page shows their progress, curves and "
             "log from the database, so you can reload it or open it in another tab at any time."
         )
-        with gr.Row():
-            stage = gr.Dropdown(
-                stage_choices(), value="round", label="Stage", scale=3, elem_id="runs-stage"
+        with gr.Column() as launch_box:
+            with gr.Row():
+                stage = gr.Dropdown(
+                    stage_choices(), value="round", label="Stage", scale=3, elem_id="runs-stage"
+                )
+                launch = gr.Button("Launch", variant="primary", scale=0, elem_id="runs-launch")
+            target = gr.Markdown("Select a study on the Studies page first.", elem_id="runs-target")
+            go_ahead = gr.Checkbox(
+                False,
+                label="Go ahead despite the signal check",
+                info="Only needed when the round's check says stop; your name is recorded on it.",
+                elem_id="runs-override",
             )
-            launch = gr.Button("Launch", variant="primary", scale=0, elem_id="runs-launch")
-        target = gr.Markdown("Select a study on the Studies page first.", elem_id="runs-target")
-        go_ahead = gr.Checkbox(
-            False,
-            label="Go ahead despite the signal check",
-            info="Only needed when the round's check says stop; your name is recorded on it.",
-            elem_id="runs-override",
-        )
-        cli = gr.Code(
-            language="shell",
-            label="The same from a terminal (runs in the foreground)",
-            interactive=False,
-            lines=1,
-            elem_id="runs-cli",
-        )
+            cli = gr.Code(
+                language="shell",
+                label="The same from a terminal (runs in the foreground)",
+                interactive=False,
+                lines=1,
+                elem_id="runs-cli",
+            )
         message = gr.Markdown(elem_id="runs-message")
         with gr.Row():
             pick = gr.Dropdown(
@@ -167,6 +168,7 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
             cancel = gr.Button("Cancel run", variant="stop", scale=0, elem_id="runs-cancel")
             resume = gr.Button("Resume run", scale=0, elem_id="runs-resume")
             refresh = gr.Button("Refresh", scale=0, elem_id="runs-refresh")
+        state.for_admins(launch_box, cancel, resume)
         progress = gr.HTML(progress_html(None), elem_id="runs-progress")
         curves = gr.Plot(label="Training curves", elem_id="runs-curves")
         log = gr.Code(

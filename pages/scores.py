@@ -156,8 +156,8 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
     rnd.input(show_round, [rnd], outputs, api_name="scores_round")
     refresh.click(show_round, [rnd], outputs, api_name="scores_refresh")
     tab.select(
-        when_round_chosen(show_round, len(outputs)),
-        [rnd],
+        when_round_chosen(lambda _study, rnd: show_round(rnd), len(outputs)),
+        [current_study, rnd],
         outputs,
         api_name="scores_tab",
         show_progress="hidden",

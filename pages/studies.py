@@ -79,9 +79,11 @@ def build(state: AppState, current_study: gr.State) -> None:
         )
         refresh = gr.Button("Refresh", scale=0)
     signal = gr.Markdown(elem_id="studies-signal")
-    table = gr.Dataframe(studies_frame(), interactive=False, label="All studies", wrap=True)
+    table = gr.Dataframe(
+        studies_frame(), interactive=False, label="All studies", wrap=True, elem_id="studies-table"
+    )
 
-    with gr.Accordion("Create a study", open=False):
+    with gr.Accordion("Create a study", open=False) as create_box:
         with gr.Row():
             name = gr.Textbox(label="Name", placeholder="my-study")
             task = gr.Dropdown(
@@ -118,9 +120,10 @@ def build(state: AppState, current_study: gr.State) -> None:
         create = gr.Button("Create study", variant="primary")
         created = gr.Markdown()
 
-    with gr.Row():
+    with gr.Row() as dup_row:
         dup_name = gr.Textbox(label="Duplicate the current study as", placeholder="demo-2")
         dup = gr.Button("Duplicate")
+    state.for_admins(create_box, dup_row)
 
     @ui_errors
     def do_create(
@@ -199,12 +202,18 @@ def build(state: AppState, current_study: gr.State) -> None:
 
     refresh.click(do_refresh, [current_study], [table, pick], api_name="list_studies")
 
-    def on_load() -> tuple[Any, ...]:
-        newest = max((study_id for _, study_id in study_choices()), default=None)
-        return (*do_refresh(newest), newest)
+    def on_load(request: gr.Request) -> tuple[Any, ...]:
+        ids = [study_id for _, study_id in study_choices()]
+        first = max(ids, default=None)
+        name = getattr(request, "username", None)
+        if state.auth_enabled and name in state.users and state.users[name][1] == "annotator":
+            mine = studies.last_reviewed_study(str(name))
+            first = mine if mine in ids else first
+        return (*do_refresh(first), first)
 
     # On every page load, so a study made since the app started (the CLI, another tab) is
-    # listed; the newest study (on a new install, the demo) is ready to work on.
+    # listed; an annotator's last reviewed study, else the newest (on a new install, the
+    # demo), is ready to work on.
     gr.on(None, on_load, None, [table, pick, current_study], api_visibility="private")
     pick.change(lambda v: v, [pick], [current_study], api_name="select_study")
 

@@ -122,6 +122,28 @@ def test_pair_counts_stack_sources_and_statuses_per_round() -> None:
     assert list(auto.y) == [4, 1] and list(human.y) == [0, 2]
 
 
+def test_pair_counts_colour_by_status_and_hatch_human_decisions() -> None:
+    rows = [
+        {"round": 0, "source": "human", "status": "rejected", "count": 3},
+        {"round": 0, "source": "auto", "status": "approved", "count": 2},
+        {"round": 0, "source": "human", "status": "approved", "count": 1},
+        {"round": 0, "source": "auto", "status": "proposed", "count": 5},
+    ]
+    fig = charts.pair_counts(rows)
+    by_name = {t.name: t for t in fig.data}
+    assert by_name["human · rejected"].marker.color == "#e45756"  # red, never green
+    assert by_name["auto · approved"].marker.color == by_name["human · approved"].marker.color
+    assert by_name["human · approved"].marker.pattern.shape == "/"
+    assert by_name["auto · approved"].marker.pattern.shape == ""
+    # Stacked approved at the bottom, then proposed, then rejected.
+    assert [t.name.split(" · ")[1] for t in fig.data] == [
+        "approved",
+        "approved",
+        "proposed",
+        "rejected",
+    ]
+
+
 def test_stage_times_sum_minutes_per_round_and_kind() -> None:
     rows = [
         {"round": 0, "kind": "draft", "seconds": 120.0},

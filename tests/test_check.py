@@ -103,7 +103,7 @@ def test_measure_scores_examples_before_drafts_exist(tmp_path: Path) -> None:
     assert [d.question for d in FakeScorer.calls[1]] == [task.examples[i].input for i in (0, 1, 2)]
     assert all(m.labels[i] == task.examples[i].target for i in m.demos)
     assert [o.correct for o in m.zero_shot] == [True, False]
-    assert events[-1][:2] == (6, 7)
+    assert events[-1][:2] == (7, 7)  # a finished check is at 100%, not 6/7
 
 
 def test_measure_uses_scored_drafts_when_there_are_enough(tmp_path: Path) -> None:
@@ -111,6 +111,7 @@ def test_measure_uses_scored_drafts_when_there_are_enough(tmp_path: Path) -> Non
     probes = [Probe(4, task.examples[4].input, "yes", ("yes", "no"))]
     drafts = {d: [outcome(4, True, 0.1 * d)] for d in range(check.MIN_DRAFTS)}
     labels = dict.fromkeys(drafts, "yes")
+    events: list[tuple[int, int, str]] = []
     FakeScorer.calls = []
     m = check.measure(
         FakeScorer(None, None, "", probes),  # type: ignore[arg-type]
@@ -119,8 +120,10 @@ def test_measure_uses_scored_drafts_when_there_are_enough(tmp_path: Path) -> Non
         seed=0,
         shots=0,
         drafts=(drafts, labels),
+        progress=lambda d, t, msg: events.append((d, t, msg)),
     )
     assert m.source == "scored drafts" and m.demos == drafts
+    assert events[-1][0] == events[-1][1]
     assert [len(c) for c in FakeScorer.calls] == [0, 1]  # zero-shot, one seed shot at least
 
 

@@ -192,7 +192,9 @@ KILL_CONFIG = {
     "save_steps": 1,
     "eval_shots": 1,
     "pair_metric": "margin",
-    "max_new_tokens": 96,
+    # Room for two whole questions per call: at 96 tokens the second one was cut off, and an
+    # aligned 135M teacher could then leave no tailored example to distil on.
+    "max_new_tokens": 160,
 }
 # Kills per stage: at least 20 in all (with room for a stage that finishes before its last
 # kill lands), spread over every stage that computes.

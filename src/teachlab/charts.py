@@ -27,6 +27,7 @@ MAX_LABELS = 8
 OTHER = "other labels"
 LABEL_COLORS = qualitative.T10[:-1]  # the last one, grey, is OTHER's
 OTHER_COLOR = qualitative.T10[-1]
+PAIR_STATUS_COLORS = {"approved": "#54a24b", "proposed": "#4c78a8", "rejected": "#e45756"}
 LEVEL_TITLES = {"question": "question pairs (target)", "rationale": "rationale pairs (answer)"}
 KIND_TITLES = {"question": "questions (target)", "rationale": "rationales (answer)"}
 PHASES = ("draft", "tailored")  # before alignment, after it
@@ -210,12 +211,19 @@ def pair_counts(rows: Iterable[Row]) -> go.Figure:
         return empty_figure("Pairs", "No pairs yet: the pairs stage builds them from scores.")
     xs = sorted(rounds)
     fig = go.Figure()
-    for (source, status), counts in sorted(totals.items()):
+    order = {status: i for i, status in enumerate(PAIR_STATUS_COLORS)}
+    for (source, status), counts in sorted(
+        totals.items(), key=lambda kv: (order.get(kv[0][1], len(order)), kv[0][0])
+    ):
         fig.add_trace(
             go.Bar(
                 x=[f"round {x}" for x in xs],
                 y=[counts.get(x, 0) for x in xs],
                 name=f"{source} · {status}",
+                # The colour says the status (approved green, rejected red), the hatching
+                # that a person decided.
+                marker_color=PAIR_STATUS_COLORS.get(status, OTHER_COLOR),
+                marker_pattern_shape="/" if source == "human" else "",
             )
         )
     fig.update_yaxes(title="pairs")

@@ -171,6 +171,13 @@ class StudyConfig:
             )
         return self
 
+    @property
+    def score_meaning(self) -> str:
+        """What a draft's score (and a pair's chosen/rejected rating) is in this study."""
+        if self.pair_metric == "margin":
+            return "the mean log-prob margin of the gold answer over the others, on the probes"
+        return "the student's accuracy on the probes with the draft as its demonstration"
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["strategies"] = list(self.strategies)

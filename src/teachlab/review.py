@@ -306,6 +306,20 @@ def bulk(
         return len(pairs)
 
 
+def count_matching(
+    round_id: int,
+    *,
+    min_margin: float | None = None,
+    max_margin: float | None = None,
+    status: str | None = "proposed",
+    level: str | None = None,
+) -> int:
+    """How many pairs ``bulk`` would decide with the same filter."""
+    query = _filtered(round_id, status, level, min_margin, max_margin)
+    with read_session() as session:
+        return len(session.exec(query).all())
+
+
 def queue(
     round_id: int,
     *,

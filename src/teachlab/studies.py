@@ -13,7 +13,17 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from teachlab.config import BACKENDS, StudyConfig, check_seed
-from teachlab.db import Draft, Pair, Round, Run, Study, init_db, read_session, write_session
+from teachlab.db import (
+    AnnotationEvent,
+    Draft,
+    Pair,
+    Round,
+    Run,
+    Study,
+    init_db,
+    read_session,
+    write_session,
+)
 from teachlab.errors import ConfigError, NotFoundError
 from teachlab.models import parse_ref
 from teachlab.parsing import check_text
@@ -210,6 +220,19 @@ def list_studies() -> list[StudySummary]:
                 )
             )
     return out
+
+
+def last_reviewed_study(annotator: str) -> int | None:
+    """The study whose pairs ``annotator`` decided most recently (None if they never have)."""
+    with read_session() as session:
+        row = session.exec(
+            select(Round.study_id)
+            .join(Pair, col(Pair.round_id) == col(Round.id))
+            .join(AnnotationEvent, col(AnnotationEvent.pair_id) == col(Pair.id))
+            .where(AnnotationEvent.annotator == annotator)
+            .order_by(col(AnnotationEvent.id).desc())
+        ).first()
+    return int(row) if row is not None else None
 
 
 def duplicate_study(ref: int | str, new_name: str) -> Study:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from teachlab import __version__
+from teachlab.config import StudyConfig
 from teachlab.db import Round, Study
 from teachlab.prompts import STRATEGIES, TEMPLATES
 
@@ -38,7 +39,7 @@ DPO_COLUMNS = """\
 | `prompt`, `chosen`, `rejected` | what trl's `DPOTrainer` reads (see the form above) |
 | `prompt_text`, `chosen_text`, `rejected_text` | the byte-exact texts |
 | `prompt_id` | sha256 of `prompt_text` (UTF-8, hex) |
-| `chosen_rating`, `rejected_rating` | the student's scores of each text (probe accuracy) |
+| `chosen_rating`, `rejected_rating` | the student's scores of each text ({score}) |
 | `margin` | `chosen_rating - rejected_rating` (negative: a human overrode the student) |
 | `chosen_model`, `rejected_model` | the teacher that wrote each text (`+adapter:<sha256 prefix>`) |
 | `level` | `question` or `rationale` |
@@ -128,6 +129,8 @@ def dataset_card(
         "datasets": 'load_from_disk("<this folder>")',
     }[fmt]
     columns = {"dpo": DPO_COLUMNS, "sft": SFT_COLUMNS, "drafts": DRAFT_COLUMNS}[kind]
+    if kind == "dpo":
+        columns = columns.replace("{score}", StudyConfig.from_dict(study.config).score_meaning)
     sections = [
         front_matter(kind, study, data_files, rows),
         f"# TeachLab study `{study.name}`: {TITLES[kind]}",

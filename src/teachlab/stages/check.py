@@ -118,6 +118,7 @@ def measure(
     few = scorer.score(seed_demos)
     gold: dict[Hashable, Hashable] = {p.index: p.target for p in scorer.probes}
     if use_drafts and drafts is not None:
+        report(total, total, "scored drafts as demonstrations")
         return Measurement(zero, few, drafts[0], drafts[1], "scored drafts", gold)
     demos: dict[Hashable, Sequence[Outcome]] = {}
     labels: dict[Hashable, str | None] = {}
@@ -127,7 +128,7 @@ def measure(
         ex = task.examples[i]
         demos[i] = scorer.score([Demo(question=ex.input, answer=ex.target)])
         labels[i] = ex.target
-        report(n, total, f"demonstration {n - 1}/{len(sample)}")
+        report(n + 1, total, f"demonstration {n - 1}/{len(sample)}")  # done: 2 + n - 1
     return Measurement(zero, few, demos, labels, "task examples", gold)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 from sqlmodel import Session, col, select
 
-from teachlab.db import Draft, Pair, queries, read_session
+from teachlab.db import Draft, Pair, Round, Study, queries, read_session
 from teachlab.errors import NotFoundError
 from teachlab.views.common import clip
 
@@ -62,6 +62,8 @@ class PairDetail:
     chosen: StudentView | None
     rejected: StudentView | None
     baseline: float | None
+    question: str | None = None  # a rationale pair's question (None for a question pair)
+    metric: str = "accuracy"  # what the scores are: the study's pair_metric
 
 
 def _student_view(session: Session, draft_id: int | None) -> StudentView | None:
@@ -97,4 +99,14 @@ def pair_detail(pair_id: int) -> PairDetail:
             r.correct
             for r in session.exec(queries.probe_results(round_id=pair.round_id, baseline=True))
         ]
-    return PairDetail(pair, chosen, rejected, sum(base) / len(base) if base else None)
+        question = None
+        if pair.level == "rationale":
+            draft = session.get(Draft, pair.chosen_draft_id) if pair.chosen_draft_id else None
+            parent = session.get(Draft, draft.parent_id) if draft and draft.parent_id else None
+            question = parent.input if parent is not None else None
+        rnd = session.get(Round, pair.round_id)
+        study = session.get(Study, rnd.study_id) if rnd is not None else None
+        metric = (study.config or {}).get("pair_metric", "accuracy") if study else "accuracy"
+    return PairDetail(
+        pair, chosen, rejected, sum(base) / len(base) if base else None, question, str(metric)
+    )
