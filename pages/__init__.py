@@ -19,6 +19,7 @@ from pages import scores as scores_page
 from pages import studies as studies_page
 from pages.auth import MAX_FAILURES, LoginGuard, expire_sessions
 from pages.common import AppState, context_md, md, ui_errors
+from teachlab import demo
 from teachlab.db import init_db
 from teachlab.errors import PermissionDenied
 from teachlab.settings import Settings, get_settings, on_space
@@ -60,8 +61,9 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             gr.DuplicateButton("Duplicate this Space to run your own studies", size="sm")
         if settings.demo_mode:
             gr.Markdown(
-                "> **Demo mode**: small limits; aligning, distilling and whole rounds are off. "
-                "Duplicate the Space (or install TeachLab) to run them."
+                f"> **Demo mode**: aligning, distilling and whole rounds are off; "
+                f"{demo.describe()}. Duplicate the Space (or install TeachLab) to run more.",
+                elem_id="demo-limits",
             )
         if not settings.storage_is_persistent:
             gr.Markdown(
@@ -135,6 +137,15 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     return app
 
 
+def upload_mb(settings: Settings) -> int:
+    """The largest upload the server takes (smaller in a public demo)."""
+    return (
+        min(settings.max_upload_mb, demo.UPLOAD_MB)
+        if settings.demo_mode
+        else settings.max_upload_mb
+    )
+
+
 def auth_callback(settings: Settings) -> LoginGuard | None:
     """The login check (throttled), or None when no logins are configured."""
     users = settings.users()
@@ -179,7 +190,7 @@ def launch(host: str | None = None, port: int | None = None, start_worker: bool 
                 failures=MAX_FAILURES, hours=f"{settings.session_hours:g}"
             ),
             blocked_paths=[str(settings.storage.resolve())],
-            max_file_size=f"{settings.max_upload_mb}mb",
+            max_file_size=f"{upload_mb(settings)}mb",
             footer_links=["api"],
             css=CSS,
             theme=THEME,

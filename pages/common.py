@@ -52,7 +52,10 @@ class AppState:
 
     def user(self, request: gr.Request | None) -> str:
         if not self.auth_enabled:
-            return "local"
+            # A public demo tells its visitors apart by their browser session (its run limits
+            # are per visitor); otherwise the one local user.
+            session = getattr(request, "session_hash", None) if request is not None else None
+            return f"visitor-{session[:8]}" if self.settings.demo_mode and session else "local"
         name = getattr(request, "username", None) if request is not None else None
         if not name:
             raise PermissionDenied("You are not logged in; log in and try again.")

@@ -8,9 +8,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from pages.common import AppState, signal_panel, ui_errors
+from pages.common import AppState, esc, md, signal_panel, ui_errors
 from teachlab import studies
-from teachlab.config import BACKENDS, STRATEGY_NAMES, StudyConfig
+from teachlab.config import BACKENDS, STRATEGY_NAMES, StudyConfig, coerce
+from teachlab.errors import ConfigError
 from teachlab.models import BUNDLED, BUNDLED_PREFIX
 from teachlab.rounds import current_round
 from teachlab.tasks import list_bigbench
@@ -39,31 +40,165 @@ def study_choices() -> list[tuple[str, int]]:
     return [(f"#{s.id} {s.name}", s.id) for s in studies.list_studies()]
 
 
-def _widget(f: Any) -> gr.components.Component:
+# The create form's settings, grouped as a researcher thinks of them, the common ones first
+# and open; every StudyConfig field is in exactly one group (a test keeps it so).
+GROUPS: list[tuple[str, bool, list[str]]] = [
+    (
+        "Sizes",
+        True,
+        [
+            "n_questions",
+            "n_rationales",
+            "n_probe",
+            "n_test",
+            "n_tailored",
+            "n_seed",
+            "questions_per_call",
+        ],
+    ),
+    (
+        "Teacher",
+        False,
+        [
+            "strategies",
+            "question_temperature",
+            "rationale_temperature",
+            "max_new_tokens",
+            "prefill",
+            "scaffold",
+            "force_answer",
+        ],
+    ),
+    ("Scoring", False, ["scorer", "probe_selection"]),
+    (
+        "Pairs",
+        False,
+        [
+            "pair_rule",
+            "pair_metric",
+            "label_balanced",
+            "quantile",
+            "min_margin",
+            "max_pairs_per_prompt",
+            "use_unreviewed",
+        ],
+    ),
+    (
+        "Training (DPO aligns the teacher, SFT distils the student)",
+        False,
+        [
+            "dpo_lr",
+            "dpo_beta",
+            "dpo_epochs",
+            "dpo_batch_size",
+            "dpo_max_steps",
+            "sft_lr",
+            "sft_epochs",
+            "sft_batch_size",
+            "sft_max_steps",
+            "lora",
+            "lora_r",
+            "save_steps",
+        ],
+    ),
+    ("Evaluation", False, ["eval_shots", "bootstrap", "lm_eval_tasks"]),
+]
+LABELS = {
+    "n_questions": "Questions per round",
+    "n_rationales": "Rationales per question",
+    "n_probe": "Probe items",
+    "n_test": "Test items",
+    "n_tailored": "Tailored examples",
+    "n_seed": "Seed questions shown",
+    "questions_per_call": "Questions per teacher call",
+    "strategies": "Reasoning strategies",
+    "question_temperature": "Question temperature",
+    "rationale_temperature": "Rationale temperature",
+    "max_new_tokens": "Max new tokens",
+    "prefill": "Prefill the format",
+    "scaffold": "Scaffold questions field by field",
+    "force_answer": "Force an answer",
+    "scorer": "Scorer",
+    "probe_selection": "Probe selection",
+    "pair_rule": "Pair rule",
+    "pair_metric": "Pair on",
+    "label_balanced": "Label-balanced pairs",
+    "quantile": "ARTE quantile",
+    "min_margin": "Least margin (margin rule)",
+    "max_pairs_per_prompt": "Pairs per prompt (most)",
+    "use_unreviewed": "Train on unreviewed pairs",
+    "dpo_lr": "DPO learning rate",
+    "dpo_beta": "DPO beta",
+    "dpo_epochs": "DPO epochs",
+    "dpo_batch_size": "DPO batch size",
+    "dpo_max_steps": "DPO steps (most)",
+    "sft_lr": "SFT learning rate",
+    "sft_epochs": "SFT epochs",
+    "sft_batch_size": "SFT batch size",
+    "sft_max_steps": "SFT steps (most)",
+    "lora": "LoRA adapters",
+    "lora_r": "LoRA rank",
+    "save_steps": "Checkpoint every (steps)",
+    "eval_shots": "Few-shot demonstrations",
+    "bootstrap": "Bootstrap resamples",
+    "lm_eval_tasks": "lm-evaluation-harness tasks",
+}
+FIRST_PRESET = next(iter(studies.PRESETS))
+
+
+def label_of(name: str) -> str:
+    return f"{LABELS.get(name, name.replace('_', ' '))} ({name})"
+
+
+def _info(f: Any) -> str:
+    meta = f.metadata
+    bounds = f" Range {meta['min']:g}–{meta['max']:g}." if "min" in meta else ""
+    return f"{meta['help']}{bounds}"
+
+
+def _value(f: Any, value: Any) -> Any:
+    """A setting's value as its widget shows it."""
+    if isinstance(value, tuple) and f.name != "strategies":
+        return ", ".join(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _widget(f: Any, value: Any) -> gr.components.Component:
+    """The setting's widget, labelled in words with its name, its help and range below. Number
+    boxes carry no minimum or maximum: StudyConfig checks the range and names the setting
+    (Gradio's own check would say only "greater than maximum value")."""
     meta, default = f.metadata, f.default
-    label, info = f.name.replace("_", " "), meta["help"]
+    label, info, shown = label_of(f.name), _info(f), _value(f, value)
     if "choices" in meta:
-        return gr.Dropdown(list(meta["choices"]), value=default, label=label, info=info)
+        return gr.Dropdown(list(meta["choices"]), value=shown, label=label, info=info)
     if isinstance(default, bool):
-        return gr.Checkbox(value=default, label=label, info=info)
+        return gr.Checkbox(value=shown, label=label, info=info)
     if isinstance(default, int):
-        return gr.Number(
-            value=default,
-            precision=0,
-            minimum=meta["min"],
-            maximum=meta["max"],
-            label=label,
-            info=info,
-        )
+        return gr.Number(value=shown, precision=0, label=label, info=info)
     if isinstance(default, float):
-        return gr.Number(
-            value=default, minimum=meta["min"], maximum=meta["max"], label=label, info=info
-        )
+        return gr.Number(value=shown, label=label, info=info)
     if f.name == "strategies":
-        return gr.CheckboxGroup(list(STRATEGY_NAMES), value=list(default), label=label, info=info)
-    if isinstance(default, tuple):  # names separated by commas (StudyConfig types them)
-        return gr.Textbox(value=", ".join(default), label=label, info=info)
-    return gr.Textbox(value=str(default), label=label, info=info)
+        return gr.CheckboxGroup(list(STRATEGY_NAMES), value=shown, label=label, info=info)
+    return gr.Textbox(value=str(shown), label=label, info=info)
+
+
+def settings_problems(names: list[str], values: tuple[Any, ...]) -> list[tuple[str, str]]:
+    """Each setting's own problem (its type and range), named by its label; then the problems
+    between settings."""
+    by_name = {f.name: f for f in fields(StudyConfig)}
+    problems, typed = [], {}
+    for name, value in zip(names, values, strict=True):
+        try:
+            one = StudyConfig(**{name: coerce(by_name[name], value)})
+            typed[name] = getattr(one.validate(), name)
+        except (ConfigError, TypeError) as exc:
+            problems.append((LABELS.get(name, name), str(exc)))
+    if not problems:
+        try:
+            StudyConfig.from_dict(typed)
+        except ConfigError as exc:
+            problems.append(("", str(exc)))
+    return problems
 
 
 def build(state: AppState, current_study: gr.State) -> None:
@@ -111,14 +246,28 @@ def build(state: AppState, current_study: gr.State) -> None:
             )
             backend = gr.Dropdown(list(BACKENDS), value="transformers", label="Backend")
             seed = gr.Number(value=0, precision=0, label="Seed")
-        config_fields = [f for f in fields(StudyConfig)]
-        with gr.Accordion("Settings", open=False):
-            widgets = []
-            for start in range(0, len(config_fields), 4):
-                with gr.Row():
-                    widgets += [_widget(f) for f in config_fields[start : start + 4]]
-        create = gr.Button("Create study", variant="primary")
-        created = gr.Markdown()
+        preset = gr.Dropdown(
+            list(studies.PRESETS),
+            value=FIRST_PRESET,
+            label="Start from",
+            info="Fills every setting below; change any of them after.",
+            elem_id="create-preset",
+        )
+        by_name = {f.name: f for f in fields(StudyConfig)}
+        start = studies.preset_config(FIRST_PRESET)
+        config_names: list[str] = []
+        widgets = []
+        for title, open_, names in GROUPS:
+            with gr.Accordion(title, open=open_):
+                for at in range(0, len(names), 4):
+                    with gr.Row():
+                        for key in names[at : at + 4]:
+                            widgets.append(_widget(by_name[key], getattr(start, key)))
+                            config_names.append(key)
+        check = gr.Markdown(elem_id="create-check")
+        with gr.Row():
+            create = gr.Button("Create study", variant="primary", elem_id="create-study")
+            created = gr.Markdown(elem_id="create-message")
 
     with gr.Row() as dup_row:
         dup_name = gr.Textbox(label="Duplicate the current study as", placeholder="demo-2")
@@ -140,7 +289,7 @@ def build(state: AppState, current_study: gr.State) -> None:
         state.require_admin(request)
         # Typed and range-checked by StudyConfig, which names a bad or cleared field (int() here
         # would fail on a cleared number box with a bare TypeError).
-        config = {f.name: value for f, value in zip(config_fields, values, strict=True)}
+        config = dict(zip(config_names, values, strict=True))
         task_ref, new_upload = task, None
         if upload:
             from pathlib import Path
@@ -168,8 +317,9 @@ def build(state: AppState, current_study: gr.State) -> None:
             if new_upload is not None:
                 new_upload.unlink(missing_ok=True)
             raise
+        gr.Info(f"Created study #{study.id} {esc(study.name)}; it is now the current study.")
         return (
-            f"Created study **#{study.id} {study.name}** on `{study.task_ref}`.",
+            f"Created study **#{study.id} {md(study.name)}** on `{esc(study.task_ref)}`.",
             studies_frame(),
             gr.Dropdown(choices=study_choices(), value=study.id),
             study.id,
@@ -180,6 +330,34 @@ def build(state: AppState, current_study: gr.State) -> None:
         [name, task, upload, teacher, student, backend, seed, *widgets],
         [created, table, pick, current_study],
         api_name="create_study",
+    )
+
+    def fill_preset(name: str) -> tuple[Any, ...]:
+        try:
+            config = studies.preset_config(name)
+        except ConfigError as exc:
+            return (f"⚠ {md(str(exc))}", *(gr.skip() for _ in widgets))
+        return ("", *(_value(by_name[n], getattr(config, n)) for n in config_names))
+
+    preset.input(fill_preset, [preset], [check, *widgets], api_visibility="private")
+
+    def check_settings(*values: Any) -> str:
+        problems = settings_problems(config_names, values)
+        if not problems:
+            return ""
+        lines = [
+            f"- **{md(label)}**: {md(text)}" if label else f"- {md(text)}"
+            for label, text in problems
+        ]
+        return "**Fix before creating:**\n" + "\n".join(lines)
+
+    gr.on(
+        [w.change for w in widgets],
+        check_settings,
+        widgets,
+        [check],
+        api_visibility="private",
+        show_progress="hidden",
     )
 
     @ui_errors

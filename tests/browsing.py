@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sqlmodel import select
 from teachlab.db import Run, read_session
 from teachlab.settings import get_settings
 
+SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 CHROMIUM = Path(os.environ.get("TEACHLAB_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -135,3 +137,9 @@ def login(page: Page, url: str, user: str) -> None:
 def run_rows() -> list[tuple[int, str, str | None]]:
     with read_session() as s:
         return [(r.id, r.kind, r.requested_by) for r in s.exec(select(Run)).all()]  # type: ignore[misc]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])

@@ -8,12 +8,11 @@ serves the whole module and each test gets a fresh tab, its own storage and its 
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from browsing import VIEWPORT, login, open_study, run_rows, tab
+from browsing import SHOTS, VIEWPORT, _png_size, login, open_study, run_rows, tab
 from playwright.sync_api import Browser, Page, expect
 from seeding import Seeded, pair_status, running_run
 
@@ -24,8 +23,6 @@ from teachlab.settings import get_settings
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "docs" / "screenshots"
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=1">'
 
 
@@ -154,12 +151,6 @@ def test_an_annotator_cannot_launch_a_run_but_an_admin_can(
         admin.context.close()
     new = [r for r in run_rows() if r not in before]
     assert [(kind, who) for _, kind, who in new] == [("round", "admin")]
-
-
-def _png_size(path: Path) -> tuple[int, int]:
-    head = path.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    return struct.unpack(">II", head[16:24])
 
 
 def _shoot(page: Page, name: str, anchor: str) -> Path:

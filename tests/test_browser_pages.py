@@ -208,3 +208,45 @@ def test_table_headers_wrap_between_words_not_letters(
     expect(headers.first).to_be_visible()
     heights = [box["height"] for box in (h.bounding_box() for h in headers.all()) if box]
     assert heights and max(heights) < 80, heights  # a letter-per-line "created" is > 100 px
+
+
+def test_the_settings_form_names_bad_fields_and_stores_what_was_typed(
+    page: Page, serve: Callable[..., str], seeded: Seeded
+) -> None:
+    url = serve()
+    open_study(page, url, seeded, settle=False)
+    page.get_by_text("Create a study").click()
+    questions = page.get_by_label("Questions per round (n_questions)")
+    expect(questions).to_have_value("8")  # the demo preset, as the demo study has it
+    probes = page.get_by_label("Probe items (n_probe)")
+    expect(probes).to_have_value("24")
+
+    # An emptied box and an out-of-range one: named in words before anything is submitted.
+    questions.fill("")
+    probes.fill("9000")
+    probes.press("Tab")
+    check = page.locator("#create-check")
+    expect(check).to_contain_text("Questions per round")
+    expect(check).to_contain_text("Probe items")
+    expect(check).to_contain_text("from 2 to 500")
+    page.get_by_label("Name", exact=True).fill("typed")
+    page.locator("#create-study").click()
+    refused = page.locator(".toast-body").filter(has_text="n_questions")
+    expect(refused).to_be_visible()
+    assert [s.name for s in studies.list_studies()] == [seeded.name]
+
+    # Typed values are stored as typed, clicking Create straight after typing.
+    questions.fill("2")
+    probes.fill("12")
+    page.locator("#create-study").click()
+    expect(page.locator(".toast-body").filter(has_text="Created study")).to_be_visible()
+    expect(page.locator("#current-context")).to_contain_text("typed")
+    made = studies.get_study("typed")
+    assert (made.config["n_questions"], made.config["n_probe"]) == (2, 12)
+    assert made.config["pair_metric"] == "margin"  # the rest from the demo preset
+
+    # Another preset fills every setting.
+    page.get_by_label("Start from").click()
+    page.get_by_role("option", name="paper (ARTE's settings; GPUs and a large teacher)").click()
+    expect(questions).to_have_value("250")
+    expect(probes).to_have_value("40")

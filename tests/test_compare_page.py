@@ -348,7 +348,7 @@ def test_the_compare_tab_in_chromium_shows_the_table_and_the_plot(
     db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    from test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWPORT, WAIT_MS, _png_size
+    from browsing import CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWPORT, WAIT_MS, _png_size
 
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (make browser installs Debian's)")

@@ -1053,7 +1053,15 @@ ADMIN_ONLY = {
 }
 REVIEWER = {"review_approve", "review_swap", "review_reject", "review_edit", "review_undo"}
 SESSION_ONLY = {"select_study"}  # the session's current study: nothing stored
-PRIVATE = {"on_load", "show_signal"}  # not callable over the API
+PRIVATE = {  # not callable over the API
+    "on_load",
+    "show_signal",
+    "by_role",
+    "context_md",
+    "preview",
+    "fill_preset",
+    "check_settings",
+}
 READ_ONLY = {
     "compare_pick",
     "compare_refresh",

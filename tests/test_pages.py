@@ -28,6 +28,7 @@ from teachlab.db import (
     read_session,
     write_session,
 )
+from teachlab.errors import ConfigError
 from teachlab.jobs import runs
 from teachlab.settings import get_settings
 
@@ -427,3 +428,47 @@ def test_live_timer_probe_tells_whether_the_page_is_displayed() -> None:
     console.log(JSON.stringify(out));
     """
     assert run_node(script) == [False, False, True]
+
+
+def test_the_create_form_groups_every_setting_once() -> None:
+    from dataclasses import fields
+
+    from pages.studies import GROUPS, LABELS
+    from teachlab.config import StudyConfig
+
+    grouped = [name for _, _, names in GROUPS for name in names]
+    assert sorted(grouped) == sorted(f.name for f in fields(StudyConfig))
+    assert len(grouped) == len(set(grouped))
+    assert set(LABELS) == set(grouped)
+    assert GROUPS[0][1] is True and not any(open_ for _, open_, _ in GROUPS[1:])
+
+
+def test_the_paper_preset_is_the_paper_configs_study_settings() -> None:
+    import tomllib
+
+    from teachlab.studies import PAPER_CONFIG, PRESETS, preset_config
+
+    root = Path(__file__).resolve().parents[1]
+    paper = tomllib.loads((root / "configs" / "paper-arte.toml").read_text())["study"]
+    assert {k: (tuple(v) if isinstance(v, list) else v) for k, v in paper.items()} == PAPER_CONFIG
+    demo = preset_config(next(p for p in PRESETS if p.startswith("demo")))
+    assert (demo.n_probe, demo.pair_metric, demo.scaffold) == (24, "margin", True)
+    with pytest.raises(ConfigError, match="Unknown preset 'huge'"):
+        preset_config("huge")
+
+
+def test_settings_problems_name_the_field_in_words() -> None:
+    from pages.studies import settings_problems
+
+    assert settings_problems(["n_questions", "n_probe"], (2, 24)) == []
+    problems = settings_problems(["n_questions", "n_probe", "dpo_lr"], (None, 9000, "fast"))
+    assert [label for label, _ in problems] == [
+        "Questions per round",
+        "Probe items",
+        "DPO learning rate",
+    ]
+    assert "not a whole number" in problems[0][1]
+    assert "from 2 to 500" in problems[1][1]
+    # Between settings: more rationales than strategies.
+    between = settings_problems(["n_rationales", "strategies"], (3, ["expert", "rules"]))
+    assert between == [("", between[0][1])] and "only 2 strategies" in between[0][1]

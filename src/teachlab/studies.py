@@ -52,6 +52,52 @@ DEMO_CONFIG: dict[str, Any] = {
     "pair_metric": "margin",
     "scaffold": True,
 }
+# The paper's study settings (configs/paper-arte.toml's [study], kept equal by a test): for a
+# 70B teacher on GPUs, shown so a reader sees the scale the defaults stand in for.
+PAPER_CONFIG: dict[str, Any] = {
+    "n_questions": 250,
+    "n_rationales": 4,
+    "strategies": ("expert", "rules", "plain", "eliminate"),
+    "n_seed": 3,
+    "questions_per_call": 5,
+    "question_temperature": 1.0,
+    "max_new_tokens": 512,
+    "prefill": False,
+    "n_probe": 40,
+    "probe_selection": "irt",
+    "scorer": "generate",
+    "pair_rule": "arte",
+    "quantile": 0.25,
+    "n_test": 250,
+    "n_tailored": 293,
+    "dpo_lr": 1e-7,
+    "dpo_beta": 0.1,
+    "dpo_batch_size": 16,
+    "dpo_epochs": 1.0,
+    "dpo_max_steps": 0,
+    "sft_lr": 2e-5,
+    "sft_epochs": 1.0,
+    "sft_batch_size": 16,
+    "sft_max_steps": 0,
+    "lora": False,
+    "save_steps": 100,
+    "eval_shots": 3,
+}
+# Settings presets for the create form: each fills every setting (the rest from the defaults).
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo (the demo study's settings; a round in minutes on a CPU)": DEMO_CONFIG,
+    "CPU small (TeachLab's defaults)": {},
+    "paper (ARTE's settings; GPUs and a large teacher)": PAPER_CONFIG,
+}
+
+
+def preset_config(preset: str) -> StudyConfig:
+    """A preset's full settings (ConfigError for an unknown preset)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
+    return StudyConfig.from_dict(PRESETS[preset])
+
+
 DEMO_DESCRIPTION = (
     "Demo: the bundled Gemma 3 270M teaches the bundled SmolLM2-135M to pick the most "
     "reasonable step towards a goal (BIG-bench goal_step_wikihow, step inference)."
@@ -128,6 +174,10 @@ def new_study(
         raise ConfigError(f"Backend {backend!r} is not known; choose one of {', '.join(BACKENDS)}.")
     cfg = config if isinstance(config, StudyConfig) else StudyConfig.from_dict(config)
     cfg.validate()
+    if settings.demo_mode:
+        from teachlab import demo
+
+        demo.check_config(cfg)
     task = resolve_task(task_ref)
     splits = make_splits(task, n_seed=cfg.n_seed, n_probe=cfg.n_probe, n_test=cfg.n_test, seed=seed)
     return Study(

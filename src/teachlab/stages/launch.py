@@ -42,6 +42,10 @@ def launch(
             f"The {kind} stage is switched off in this public demo (it trains models for "
             "minutes); run TeachLab locally to use it."
         )
+    if demo_mode:
+        from teachlab import demo
+
+        demo.check_runs(requested_by)
     study = get_study(study_ref)
     rnd = current_round(row_id(study))
     gate = ensure_may_launch(row_id(rnd), stage, override_by=override_by)
