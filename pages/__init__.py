@@ -115,6 +115,14 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             api_visibility="private",
             show_progress="hidden",
         )
+        for edit in state.study_edits:
+            edit.then(
+                ui_errors(context_md),
+                [current_study],
+                [context],
+                api_visibility="private",
+                show_progress="hidden",
+            )
         admin_only = list(state.admin_only)
 
         def by_role(request: gr.Request) -> tuple[Any, ...]:

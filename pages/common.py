@@ -34,6 +34,10 @@ class AppState:
     # or hides them by the visitor's role (the handlers check the role again on the server).
     admin_only: list[Any] = field(default_factory=list)
 
+    # Events that change the current study in place (rename, archive): the app names the
+    # study again after each.
+    study_edits: list[Any] = field(default_factory=list)
+
     def for_admins(self, *components: Any) -> None:
         self.admin_only.extend(components)
 
@@ -80,6 +84,16 @@ def from_api_client() -> bool:
     request = LocalContext.request.get(None)
     headers = getattr(request, "headers", None)
     return bool(headers) and headers.get("x-gradio-user") == "api"
+
+
+def current_user(state: AppState) -> str | None:
+    """The user of the event in progress (None where there is none, or no login)."""
+    from gradio.context import LocalContext
+
+    try:
+        return state.user(LocalContext.request.get(None))
+    except PermissionDenied:
+        return None
 
 
 def refuse(message: str) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, md, pre, ui_errors, when_round_chosen
+from pages.common import AppState, current_user, esc, md, pre, ui_errors, when_round_chosen
 from teachlab import review, rounds, studies, views
 from teachlab.errors import ConfigError
 
@@ -102,10 +102,11 @@ def margin_bounds(
     return lo, hi
 
 
-def progress_html(done: int, total: int) -> str:
+def progress_html(done: int, total: int, mine: tuple[str, int] | None = None) -> str:
     pct = round(100 * done / total) if total else 0
+    yours = f" · {esc(mine[0])} decided {mine[1]}" if mine else ""
     return (
-        f"<div class='tl-progress'><b>Reviewed {done} / {total}</b> ({pct}%)"
+        f"<div class='tl-progress'><b>Reviewed {done} / {total}</b> ({pct}%){yours}"
         f"<div role='progressbar' aria-valuenow='{pct}' style='background:#e8e8e8;"
         f"border-radius:4px;height:10px;margin-top:4px'><div style='width:{pct}%;"
         "background:#54a24b;height:10px;border-radius:4px'></div></div></div>"
@@ -285,6 +286,8 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         rid = views.as_id(round_id)
         pairs = review.queue(rid, status=_opt(st), level=_opt(lv), order=od or "margin")
         done, total = review.progress(rid)
+        user = current_user(state)
+        mine = (user, review.decided_by(rid, user)) if user and state.auth_enabled else None
         if pid is None and pairs:
             pid = pairs[0].id
         if pid is None:
@@ -296,7 +299,7 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
             )
             return (
                 views.queue_frame(pairs[:QUEUE_ROWS]),
-                progress_html(done, total),
+                progress_html(done, total, mine),
                 f"<p>{empty}</p>",
                 "",
                 "",
@@ -309,7 +312,7 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         p = detail.pair
         return (
             views.queue_frame(pairs[:QUEUE_ROWS]),
-            progress_html(done, total),
+            progress_html(done, total, mine),
             pair_html(detail, review.history(p.id)),  # type: ignore[arg-type]
             p.chosen,
             p.rejected,

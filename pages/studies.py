@@ -36,8 +36,69 @@ def studies_frame() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=STUDY_COLUMNS)
 
 
-def study_choices() -> list[tuple[str, int]]:
-    return [(f"#{s.id} {s.name}", s.id) for s in studies.list_studies()]
+def study_choices(keep: int | None = None) -> list[tuple[str, int]]:
+    """The study picker's choices: studies not archived, and ``keep`` (the current one) even
+    when it is."""
+    return [
+        (f"#{s.id} {s.name}" + (" (archived)" if s.archived else ""), s.id)
+        for s in studies.list_studies()
+        if not s.archived or s.id == keep
+    ]
+
+
+def about_md(study_id: int) -> str:
+    """A study as its page shows it: description, task, models, splits and rounds (escaped)."""
+    from teachlab.rounds import rounds as study_rounds
+
+    study = studies.get_study(study_id)
+    config = StudyConfig.from_dict(study.config)
+    defaults = StudyConfig()
+    changed = [
+        f"{md(LABELS.get(f.name, f.name))} **{md(_value(f, getattr(config, f.name)))}**"
+        for f in fields(StudyConfig)
+        if getattr(config, f.name) != getattr(defaults, f.name)
+    ]
+    splits = ", ".join(
+        f"{k} {len(v)}" for k, v in (study.splits or {}).items() if isinstance(v, list)
+    )
+    lines = [
+        f"### #{study.id} {md(study.name)}" + (" _(archived)_" if study.archived else ""),
+        md(study.description) or "_No description._",
+        f"- **Task** `{esc(study.task_ref)}` · **splits** {splits or '–'}",
+        f"- **Teacher** `{esc(study.teacher)}` · **student** `{esc(study.student)}` · "
+        f"**backend** {esc(study.backend)} · **seed** {study.seed} · created "
+        f"{study.created_at:%Y-%m-%d %H:%M}",
+        "- **Settings that differ from TeachLab's defaults**: "
+        + ("; ".join(changed) if changed else "none"),
+        "",
+        "| round | status | teacher adapter | student adapter |",
+        "|---|---|---|---|",
+    ]
+    for r in study_rounds(study_id):
+        lines.append(
+            f"| {r.index} | {esc(r.status)} | `{esc(r.teacher_adapter or 'base')}` | "
+            f"`{esc(r.student_adapter or 'base')}` |"
+        )
+    return "\n".join(lines)
+
+
+def settings_frame(study_id: int | None) -> pd.DataFrame:
+    columns = ["setting", "name", "value", "default", "editable"]
+    if not study_id:
+        return pd.DataFrame([], columns=columns)
+    config = StudyConfig.from_dict(studies.get_study(study_id).config)
+    defaults = StudyConfig()
+    rows = [
+        (
+            LABELS.get(f.name, f.name),
+            f.name,
+            str(_value(f, getattr(config, f.name))),
+            str(_value(f, getattr(defaults, f.name))),
+            "yes" if f.name in studies.EDITABLE_SETTINGS else "",
+        )
+        for f in fields(StudyConfig)
+    ]
+    return pd.DataFrame(rows, columns=columns)
 
 
 # The create form's settings, grouped as a researcher thinks of them, the common ones first
@@ -214,6 +275,42 @@ def build(state: AppState, current_study: gr.State) -> None:
         )
         refresh = gr.Button("Refresh", scale=0)
     signal = gr.Markdown(elem_id="studies-signal")
+    with gr.Accordion("This study", open=True):
+        about = gr.Markdown(elem_id="study-about")
+        with gr.Accordion("All its settings", open=False):
+            settings_table = gr.Dataframe(
+                settings_frame(None), interactive=False, wrap=True, elem_id="study-settings"
+            )
+        with gr.Accordion("Change, archive or delete it (admins)", open=False) as manage_box:
+            with gr.Row():
+                new_name = gr.Textbox(label="Name", elem_id="study-edit-name")
+                description = gr.Textbox(
+                    label="Description", lines=2, scale=3, elem_id="study-edit-description"
+                )
+            with gr.Row():
+                edit_key = gr.Dropdown(
+                    [(label_of(k), k) for k in studies.EDITABLE_SETTINGS],
+                    value=None,
+                    label="Change a setting",
+                    info="Only those that steer training and evaluation still to come; "
+                    "duplicate the study to change the rest.",
+                    elem_id="study-edit-key",
+                )
+                edit_value = gr.Textbox(label="New value", elem_id="study-edit-value")
+            save = gr.Button("Save changes", elem_id="study-save")
+            with gr.Row():
+                archive = gr.Button("Archive", elem_id="study-archive")
+                show_archived = gr.Checkbox(
+                    False,
+                    label="List archived studies in the picker",
+                    elem_id="study-show-archived",
+                )
+            gone = gr.Markdown(elem_id="study-footprint")
+            with gr.Row():
+                confirm = gr.Textbox(
+                    label="Type the study's name to delete it", elem_id="study-delete-confirm"
+                )
+                delete = gr.Button("Delete study", variant="stop", elem_id="study-delete")
     table = gr.Dataframe(
         studies_frame(), interactive=False, label="All studies", wrap=True, elem_id="studies-table"
     )
@@ -272,7 +369,7 @@ def build(state: AppState, current_study: gr.State) -> None:
     with gr.Row() as dup_row:
         dup_name = gr.Textbox(label="Duplicate the current study as", placeholder="demo-2")
         dup = gr.Button("Duplicate")
-    state.for_admins(create_box, dup_row)
+    state.for_admins(create_box, dup_row, manage_box)
 
     @ui_errors
     def do_create(
@@ -366,7 +463,11 @@ def build(state: AppState, current_study: gr.State) -> None:
         if not study_id:
             raise gr.Error("Select a study to duplicate first.")
         study = studies.duplicate_study(int(study_id), new_name)
-        return studies_frame(), gr.Dropdown(choices=study_choices(), value=study.id), study.id
+        return (
+            studies_frame(),
+            gr.Dropdown(choices=study_choices(study.id), value=study.id),
+            study.id,
+        )
 
     dup.click(
         do_duplicate,
@@ -376,7 +477,7 @@ def build(state: AppState, current_study: gr.State) -> None:
     )
 
     def do_refresh(study_id: int | None) -> tuple[Any, ...]:
-        return studies_frame(), gr.Dropdown(choices=study_choices(), value=study_id)
+        return studies_frame(), gr.Dropdown(choices=study_choices(study_id), value=study_id)
 
     refresh.click(do_refresh, [current_study], [table, pick], api_name="list_studies")
 
@@ -394,6 +495,121 @@ def build(state: AppState, current_study: gr.State) -> None:
     # demo), is ready to work on.
     gr.on(None, on_load, None, [table, pick, current_study], api_visibility="private")
     pick.change(lambda v: v, [pick], [current_study], api_name="select_study")
+
+    study_outputs = [about, settings_table, new_name, description, archive, gone]
+
+    @ui_errors
+    def show_study(study_id: int | None) -> tuple[Any, ...]:
+        if not study_id:
+            return ("", settings_frame(None), "", "", gr.Button("Archive"), "")
+        study = studies.get_study(int(study_id))
+        return (
+            about_md(int(study_id)),
+            settings_frame(int(study_id)),
+            study.name,
+            study.description,
+            gr.Button("Bring back from the archive" if study.archived else "Archive"),
+            "Deleting it removes " + studies.footprint(int(study_id)).describe() + "; exports "
+            "already written stay. Archiving hides it instead, and can be undone.",
+        )
+
+    current_study.change(
+        show_study, [current_study], study_outputs, api_visibility="private", show_progress="hidden"
+    )
+
+    @ui_errors
+    def do_save(
+        request: gr.Request,
+        study_id: int | None,
+        name: str,
+        text: str,
+        key: str | None,
+        value: str,
+    ) -> tuple[Any, ...]:
+        state.require_admin(request)
+        if not study_id:
+            raise gr.Error("Select a study first.")
+        changes = {key: StudyConfig.parse(key, value)} if key else None
+        if key and not (value or "").strip():
+            raise ConfigError(f"Give a new value for {label_of(key)}, or clear the setting choice.")
+        study = studies.edit_study(int(study_id), name=name, description=text, settings=changes)
+        gr.Info(f"Saved study #{study.id} {esc(study.name)}.")
+        return (
+            *show_study(study.id),
+            studies_frame(),
+            gr.Dropdown(choices=study_choices(study.id), value=study.id),
+            "",
+        )
+
+    saved = save.click(
+        do_save,
+        [current_study, new_name, description, edit_key, edit_value],
+        [*study_outputs, table, pick, edit_value],
+        api_name="edit_study",
+    )
+
+    @ui_errors
+    def do_archive(request: gr.Request, study_id: int | None, listed: bool) -> tuple[Any, ...]:
+        state.require_admin(request)
+        if not study_id:
+            raise gr.Error("Select a study first.")
+        was = studies.get_study(int(study_id)).archived
+        study = studies.archive_study(int(study_id), not was)
+        gr.Info(
+            f"Study #{study.id} is archived: hidden from the picker, kept whole."
+            if study.archived
+            else f"Study #{study.id} is back from the archive."
+        )
+        return (
+            *show_study(study.id),
+            studies_frame(),
+            gr.Dropdown(choices=_choices(listed, study.id), value=study.id),
+        )
+
+    archived = archive.click(
+        do_archive,
+        [current_study, show_archived],
+        [*study_outputs, table, pick],
+        api_name="archive_study",
+    )
+    state.study_edits += [saved, archived]
+
+    def _choices(listed: bool, keep: int | None) -> list[tuple[str, int]]:
+        if listed:
+            return [(label, i) for label, i in _all_choices()]
+        return study_choices(keep)
+
+    def _all_choices() -> list[tuple[str, int]]:
+        return [
+            (f"#{s.id} {s.name}" + (" (archived)" if s.archived else ""), s.id)
+            for s in studies.list_studies()
+        ]
+
+    def list_archived(listed: bool, study_id: int | None) -> Any:
+        return gr.Dropdown(choices=_choices(listed, study_id), value=study_id)
+
+    show_archived.change(
+        list_archived, [show_archived, current_study], [pick], api_visibility="private"
+    )
+
+    @ui_errors
+    def do_delete(request: gr.Request, study_id: int | None, typed: str) -> tuple[Any, ...]:
+        state.require_admin(request)
+        if not study_id:
+            raise gr.Error("Select a study first.")
+        name = studies.get_study(int(study_id)).name
+        removed = studies.delete_study(int(study_id), typed)
+        gr.Info(f"Deleted study {esc(name)}: {esc(removed.describe())}.")
+        choices = study_choices()
+        nxt = max((i for _, i in choices), default=None)
+        return studies_frame(), gr.Dropdown(choices=choices, value=nxt), nxt, ""
+
+    delete.click(
+        do_delete,
+        [current_study, confirm],
+        [table, pick, current_study, confirm],
+        api_name="delete_study",
+    )
 
     @ui_errors
     def show_signal(study_id: int | None) -> str:

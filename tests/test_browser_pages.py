@@ -165,6 +165,7 @@ def test_an_annotator_sees_their_controls_and_lands_on_their_study(
     expect(page.locator("#runs-cancel")).to_be_hidden()
     tab(page, "Review")
     expect(page.locator("#review-pair")).to_contain_text("Pair #")
+    expect(page.locator("#review-progress")).to_contain_text("ann decided 1")  # their own count
     expect(page.get_by_text("Bulk decisions by margin")).to_be_hidden()
 
     admin = browser.new_context(viewport=VIEWPORT).new_page()
@@ -250,3 +251,46 @@ def test_the_settings_form_names_bad_fields_and_stores_what_was_typed(
     page.get_by_role("option", name="paper (ARTE's settings; GPUs and a large teacher)").click()
     expect(questions).to_have_value("250")
     expect(probes).to_have_value("40")
+
+
+def test_a_study_shows_its_settings_and_can_be_changed_archived_and_deleted(
+    page: Page, serve: Callable[..., str], seeded: Seeded
+) -> None:
+    other = studies.duplicate_study(seeded.study, "scratch")
+    url = serve()
+    page.goto(url)  # "scratch", the newest, is current
+    about = page.locator("#study-about")
+    expect(about).to_contain_text(f"#{other.id} scratch")
+    expect(about).to_contain_text(studies.get_study(other.id).description[:40])
+    expect(about).to_contain_text("Probe items 8")  # a setting that differs from the defaults
+    expect(page.locator("#study-about table")).to_contain_text("open")  # its round
+
+    page.get_by_text("Change, archive or delete it").click()
+    page.locator("#study-edit-description textarea").fill("Scratch copy for <i>trying</i> things")
+    page.get_by_label("Change a setting").click()
+    page.get_by_role("option", name="DPO learning rate (dpo_lr)").click()
+    page.locator("#study-edit-value input, #study-edit-value textarea").fill("0.0001")
+    page.locator("#study-save").click()
+    expect(about).to_contain_text("Scratch copy for <i>trying</i> things")  # as typed
+    assert studies.get_study(other.id).config["dpo_lr"] == 1e-4
+
+    page.locator("#study-archive").click()
+    expect(about).to_contain_text("(archived)")
+    expect(page.locator("#current-context")).to_contain_text("archived")
+    assert studies.get_study(other.id).archived
+    expect(page.locator("#study-archive")).to_have_text("Bring back from the archive")
+    page.locator("#study-archive").click()
+    expect(page.locator("#study-archive")).to_have_text("Archive")
+    assert not studies.get_study(other.id).archived
+
+    footprint = page.locator("#study-footprint")
+    expect(footprint).to_contain_text("Deleting it removes 1 rounds")
+    page.locator("#study-delete-confirm input, #study-delete-confirm textarea").fill("wrong")
+    page.locator("#study-delete").click()
+    expect(page.locator(".toast-body").filter(has_text="type its name 'scratch'")).to_be_visible()
+    assert studies.get_study(other.id).name == "scratch"
+    page.locator("#study-delete-confirm input, #study-delete-confirm textarea").fill("scratch")
+    page.locator("#study-delete").click()
+    expect(page.locator(".toast-body").filter(has_text="Deleted study scratch")).to_be_visible()
+    expect(page.locator("#current-context")).to_contain_text(f"#{seeded.study} {seeded.name}")
+    assert [s.name for s in studies.list_studies()] == [seeded.name]

@@ -813,10 +813,14 @@ def login(url: str, user: str, study_id: int | None = None) -> Client:
 
 
 def form(name: str = "w", task: str = "", upload: Any = None, seed: Any = 0, **cfg: Any) -> list:
-    """The Create-study form's values in order, StudyConfig's defaults unless ``cfg`` says."""
+    """The Create-study form's values in the form's order (its groups), StudyConfig's defaults
+    unless ``cfg`` says."""
+    from pages.studies import GROUPS
+
     settings = get_settings()
+    by_name = {f.name: f for f in fields(StudyConfig)}
     values = []
-    for f in fields(StudyConfig):
+    for f in (by_name[n] for _, _, names in GROUPS for n in names):
         value = cfg.get(f.name, f.default)
         values.append(list(value) if isinstance(value, tuple) else value)
     return [name, task, upload, settings.teacher, settings.student, "transformers", seed, *values]
@@ -915,7 +919,7 @@ WEB = [
     WebCase(
         "form_number_below_minimum",
         lambda c, f, ids: c.predict(*form(task=ids["task"], n_probe=1), api_name="/create_study"),
-        "less than minimum value",
+        "n_probe=1 is out of range; use a value from 2 to 500",  # the setting named
     ),
     WebCase(
         "duplicate_name_nul",
@@ -1050,6 +1054,9 @@ ADMIN_ONLY = {
     "review_bulk_approve",
     "review_bulk_reject",
     "compare_launch",
+    "edit_study",
+    "archive_study",
+    "delete_study",
 }
 REVIEWER = {"review_approve", "review_swap", "review_reject", "review_edit", "review_undo"}
 SESSION_ONLY = {"select_study"}  # the session's current study: nothing stored
@@ -1058,9 +1065,13 @@ PRIVATE = {  # not callable over the API
     "show_signal",
     "by_role",
     "context_md",
+    "context_md_1",  # the study's line again after a rename and after an archive
+    "context_md_2",
     "preview",
     "fill_preset",
     "check_settings",
+    "show_study",
+    "list_archived",
 }
 READ_ONLY = {
     "compare_pick",
@@ -1130,6 +1141,9 @@ def endpoint_args(api: str, ids: dict[str, Any]) -> list[Any]:
         "review_edit": [*view, "ok", "c", "d"],
         "review_undo": view,
         "compare_launch": [1],  # an experiment id: refused before it is looked up
+        "edit_study": ["s1-renamed", "a new description", "eval_shots", "1"],
+        "archive_study": [False],
+        "delete_study": ["s1"],
     }[api]
 
 

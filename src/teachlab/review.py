@@ -353,6 +353,18 @@ def progress(round_id: int) -> tuple[int, int]:
     return total - sum(n for s, n in rows if s == "proposed"), total
 
 
+def decided_by(round_id: int, annotator: str) -> int:
+    """How many of the round's pairs ``annotator`` has decided (bulk decisions included)."""
+    with read_session() as session:
+        return int(
+            session.exec(
+                select(func.count(func.distinct(AnnotationEvent.pair_id)))
+                .join(Pair, col(Pair.id) == col(AnnotationEvent.pair_id))
+                .where(Pair.round_id == round_id, AnnotationEvent.annotator == annotator)
+            ).one()
+        )
+
+
 def history(pair_id: int) -> list[AnnotationEvent]:
     """Every event on a pair, oldest first."""
     with read_session() as session:

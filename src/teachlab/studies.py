@@ -116,6 +116,7 @@ class StudySummary:
     pairs: int
     last_run: str
     created: str
+    archived: bool = False
 
 
 def _check_name(name: str) -> str:
@@ -267,6 +268,7 @@ def list_studies() -> list[StudySummary]:
                     pairs=int(n_pairs),
                     last_run=f"#{last.id} {last.kind} {last.status}" if last else "",
                     created=s.created_at.strftime("%Y-%m-%d %H:%M"),
+                    archived=s.archived,
                 )
             )
     return out
@@ -299,6 +301,172 @@ def duplicate_study(ref: int | str, new_name: str) -> Study:
         description=src.description,
         guidelines=src.guidelines,
     )
+
+
+# Settings that may change after a study is made: they steer training and evaluation still
+# to come, never the splits, drafts, scores or pairs already stored (each run records the
+# settings it used). The rest fix what the stored rows mean: duplicate the study to change them.
+EDITABLE_SETTINGS = (
+    "use_unreviewed",
+    "dpo_lr",
+    "dpo_beta",
+    "dpo_epochs",
+    "dpo_batch_size",
+    "dpo_max_steps",
+    "sft_lr",
+    "sft_epochs",
+    "sft_batch_size",
+    "sft_max_steps",
+    "save_steps",
+    "eval_shots",
+    "bootstrap",
+)
+
+
+def _active_run(session: Session, study_id: int) -> Run | None:
+    from teachlab.jobs.runs import ACTIVE
+
+    return session.exec(
+        select(Run).where(Run.study_id == study_id, col(Run.status).in_(ACTIVE))
+    ).first()
+
+
+def edit_study(
+    ref: int | str,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> Study:
+    """Rename a study, change its description, or change the settings that are safe to change
+    (``EDITABLE_SETTINGS``); refused while one of its runs is queued or running."""
+    study = get_study(ref)
+    changes = dict(settings or {})
+    fixed = sorted(k for k in changes if k not in EDITABLE_SETTINGS)
+    if fixed:
+        raise ConfigError(
+            f"{', '.join(fixed)} cannot change after a study is made (stored drafts, scores and "
+            "pairs were made with them); duplicate the study and change them there."
+        )
+    new_name = _check_name(name) if name is not None else study.name
+    text = check_text(description, "The description") if description is not None else None
+    config = StudyConfig.from_dict({**study.config, **changes}).to_dict() if changes else None
+    if config is not None and get_settings().demo_mode:
+        from teachlab import demo
+
+        demo.check_config(StudyConfig.from_dict(config))
+    with write_session() as session:
+        row = session.get(Study, study.id)
+        assert row is not None
+        busy = _active_run(session, int(row.id or 0))
+        if busy is not None:
+            raise ConfigError(
+                f"Run #{busy.id} ({busy.kind}) of this study is {busy.status}; change the study "
+                "once it has finished, or cancel it first."
+            )
+        if new_name != row.name:
+            clash = session.exec(select(Study).where(Study.name == new_name)).first()
+            if clash is not None:
+                raise ConfigError(f"A study named {new_name!r} exists already; pick another name.")
+            row.name = new_name
+        if text is not None:
+            row.description = text
+        if config is not None:
+            row.config = config
+        session.add(row)
+        session.flush()
+        session.refresh(row)
+        return row
+
+
+def archive_study(ref: int | str, archived: bool = True) -> Study:
+    """Archive a study (kept whole, hidden from the study pickers) or bring it back."""
+    study = get_study(ref)
+    with write_session() as session:
+        row = session.get(Study, study.id)
+        assert row is not None
+        row.archived = bool(archived)
+        session.add(row)
+        session.flush()
+        session.refresh(row)
+        return row
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What deleting a study removes."""
+
+    rounds: int
+    drafts: int
+    pairs: int
+    decisions: int
+    runs: int
+    run_folders: list[str]
+
+    def describe(self) -> str:
+        return (
+            f"{self.rounds} rounds, {self.drafts} drafts with their scores, {self.pairs} pairs "
+            f"with {self.decisions} review decisions, {self.runs} runs with their logs, "
+            f"checkpoints and adapters ({len(self.run_folders)} folders)"
+        )
+
+
+def footprint(ref: int | str) -> Footprint:
+    study = get_study(ref)
+    runs_dir = get_settings().runs_dir
+    with read_session() as session:
+        round_ids = [r.id for r in session.exec(select(Round).where(Round.study_id == study.id))]
+        pair_ids = select(Pair.id).where(col(Pair.round_id).in_(round_ids))
+
+        def count(model: Any, *where: Any) -> int:
+            return int(session.exec(select(func.count()).select_from(model).where(*where)).one())
+
+        run_ids = list(session.exec(select(Run.id).where(Run.study_id == study.id)))
+        return Footprint(
+            rounds=len(round_ids),
+            drafts=count(Draft, col(Draft.round_id).in_(round_ids)),
+            pairs=count(Pair, col(Pair.round_id).in_(round_ids)),
+            decisions=count(AnnotationEvent, col(AnnotationEvent.pair_id).in_(pair_ids)),
+            runs=len(run_ids),
+            run_folders=[
+                str(runs_dir / f"run-{i:05d}")
+                for i in run_ids
+                if i is not None and (runs_dir / f"run-{i:05d}").exists()
+            ],
+        )
+
+
+def delete_study(ref: int | str, confirm: str) -> Footprint:
+    """Delete a study with everything it made (``footprint``), once ``confirm`` is its name.
+    Exports already written stay where they are. Refused while one of its runs is active and
+    for a study an experiment made (delete or keep the experiment as a whole)."""
+    import shutil
+
+    study = get_study(ref)
+    if (confirm or "").strip() != study.name:
+        raise ConfigError(
+            f"To delete study #{study.id}, type its name {study.name!r} to confirm (archiving "
+            "it instead hides it and can be undone)."
+        )
+    if study.experiment_id is not None:
+        raise ConfigError(
+            f"Study {study.name!r} belongs to experiment #{study.experiment_id}; its results "
+            "need it. Archive it instead."
+        )
+    gone = footprint(study.id)  # type: ignore[arg-type]
+    with write_session() as session:
+        row = session.get(Study, study.id)
+        assert row is not None
+        busy = _active_run(session, int(row.id or 0))
+        if busy is not None:
+            raise ConfigError(
+                f"Run #{busy.id} ({busy.kind}) of this study is {busy.status}; cancel it before "
+                "deleting the study."
+            )
+        session.delete(row)
+    for folder in gone.run_folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    return gone
 
 
 def _check_guidelines(text: str) -> str:
