@@ -211,8 +211,21 @@ def context_md(study_id: int | None) -> str:
     return (
         f"Study **#{study.id} {md(study.name)}** · round {rnd.index} ({rnd.status}) · "
         f"task `{esc(study.task_ref)}` · teacher `{esc(study.teacher)}` → student "
-        f"`{esc(study.student)}`" + (" · _archived_" if study.archived else "")
+        f"`{esc(study.student)}`"
+        + (" · _archived_" if study.archived else "")
+        + f" · {next_step(int(rnd.id or 0))}"
     )
+
+
+def next_step(round_id: int) -> str:
+    """The round's next stage, as the line at the top of the pages offers it."""
+    from teachlab.rounds import stage_result
+    from teachlab.stages import round_kinds
+
+    for kind in round_kinds():
+        if stage_result(round_id, kind) is None:
+            return f"next: **{kind}** (launch it, or the whole round, on the Runs page)"
+    return "this round is done: see the **Progress** page"
 
 
 def signal_panel(round_id: int | None) -> str:

@@ -264,8 +264,15 @@ def settings_problems(names: list[str], values: tuple[Any, ...]) -> list[tuple[s
 
 def build(state: AppState, current_study: gr.State) -> None:
     gr.Markdown(
-        "## Studies\nA study fixes a task, a teacher, a student and their settings. "
-        "Select one to work on it in the other pages."
+        "TeachLab studies how a teacher model should teach a student model. The teacher drafts "
+        "questions and rationales for a task; the student scores each draft by how much it "
+        "helps it answer a probe set; you review the preference pairs the scores make; DPO "
+        "aligns the teacher to them; the aligned teacher writes tailored data, SFT distils the "
+        "student on it, and the Progress page shows what each round bought.\n\n"
+        "## Studies\nA study fixes a task, a teacher, a student and their settings. Select "
+        "one to work on it in the other pages; the line above every page names it and its "
+        "next step.",
+        elem_id="studies-intro",
     )
     with gr.Row():
         # value=None at build time; each page load selects the newest study in the dropdown and
