@@ -8,6 +8,7 @@ answers HTTP). Model output is untrusted: it is escaped before any HTML componen
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -187,6 +188,20 @@ def when_round_chosen(
         return fn(*args)
 
     return wrapper
+
+
+def shown_js(page_id: str) -> str:
+    """Browser code run before an event's handler: it passes the inputs through and fills the
+    last one with whether the element ``page_id`` is displayed (a page in a hidden tab is not).
+    Through the API the last input is whatever the caller sends (True by default)."""
+    return (
+        f"(...args) => {{ const el = document.getElementById({json.dumps(page_id)}); "
+        "args[args.length - 1] = !!(el && el.offsetParent !== null); return args; }"
+    )
+
+
+def skips(n: int) -> tuple[Any, ...]:
+    return tuple(gr.skip() for _ in range(n))
 
 
 def _round_of(round_id: Any, study_id: Any) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, md, pre, ui_errors, when_round_chosen
+from pages.common import AppState, esc, md, pre, shown_js, skips, ui_errors, when_round_chosen
 from pages.runs import live_timer
 from teachlab import views
 from teachlab.db import Draft
@@ -18,6 +18,7 @@ from teachlab.rounds import current_round
 from teachlab.stages import STAGES
 
 NO_STUDY = "Select a study on the Studies page first."
+LOADING = "Loading this study's drafts…"
 
 
 def _choices(values: list[str]) -> list[tuple[str, str]]:
@@ -154,6 +155,7 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
             refresh = gr.Button("Refresh", scale=0, elem_id="drafts-refresh")
         detail = gr.HTML("<p>Select a draft to see it in full.</p>", elem_id="drafts-detail")
         signature = gr.State(None)
+        painted = gr.State(None)  # the round whose drafts the page shows
     timer, on_screen, tick = live_timer(tab, "drafts-page", "drafts")
     filters = [rnd, status, kind, phase, strategy, flag]
 
@@ -184,18 +186,45 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
     list_outputs = [rates, live, table, strategy, flag, signature]
 
     @ui_errors
-    def on_study(study_id: int | None) -> tuple[Any, ...]:
-        """A new study starts on its current round with every filter cleared."""
+    def on_study(study_id: int | None, shown: bool = True) -> tuple[Any, ...]:
+        """A new study starts on its current round with every filter cleared. Off screen only
+        the picker and filters change: the drafts are read when the page is opened."""
         cleared = (views.ALL,) * 3
         if not study_id:
-            return (gr.Dropdown(choices=[], value=None), *cleared, *listing(None, None))
+            return (gr.Dropdown(choices=[], value=None), *cleared, *listing(None, None), None)
         options = views.round_options(int(study_id))
         current = current_round(int(study_id)).id
+        if not shown:
+            reset = gr.Dropdown(choices=_choices([]), value=views.ALL)
+            return (  # no drafts of the previous study stay behind the new study's name
+                gr.Dropdown(choices=options, value=current),
+                *cleared,
+                LOADING,
+                "",
+                views.drafts_frame(0),
+                reset,
+                reset,
+                None,
+                None,
+            )
         return (
             gr.Dropdown(choices=options, value=current),
             *cleared,
             *listing(study_id, current, *[views.ALL] * 5, reset=True),
+            current,
         )
+
+    @ui_errors
+    def catch_up(study_id: int | None, round_id: Any, *rest: Any) -> tuple[Any, ...]:
+        """The round picker changed (a new study, or the user's choice): read its drafts if the
+        page is on screen and does not show them already."""
+        *values, shown_round, shown = rest
+        rid = views.as_id(round_id) if round_id else None
+        if not shown or rid is None or rid == shown_round or not study_id:
+            return skips(len(list_outputs) + 1)
+        if views.study_of_round(rid).id != int(study_id):
+            return skips(len(list_outputs) + 1)
+        return (*listing(study_id, round_id, *values), rid)
 
     @ui_errors
     def refresh_list(
@@ -208,6 +237,12 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         flag: str,
     ) -> tuple[Any, ...]:
         return listing(study_id, round_id, status, kind, phase, strategy, flag)
+
+    def refresh_painted(study_id: int | None, round_id: Any, *values: str) -> tuple[Any, ...]:
+        listed = refresh_list(study_id, round_id, *values)
+        if not isinstance(listed, tuple):  # refused: the page is left as it was
+            return skips(len(list_outputs) + 1)
+        return (*listed, views.as_id(round_id) if round_id else None)
 
     @ui_errors
     def show(study_id: int | None, draft: float | None) -> str:
@@ -248,13 +283,22 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
 
     current_study.change(
         on_study,
-        [current_study],
-        [rnd, status, kind, phase, *list_outputs],
+        [current_study, on_screen],
+        [rnd, status, kind, phase, *list_outputs, painted],
         api_name="drafts_study",
         show_progress="hidden",
+        js=shown_js("drafts-page"),
+    )
+    rnd.change(
+        catch_up,
+        [current_study, *filters, painted, on_screen],
+        [*list_outputs, painted],
+        api_visibility="private",
+        show_progress="hidden",
+        js=shown_js("drafts-page"),
     )
     gr.on(
-        [w.input for w in filters],
+        [w.input for w in filters[1:]],  # the round picker: catch_up, on any change
         refresh_list,
         [current_study, *filters],
         list_outputs,
@@ -262,9 +306,9 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
     )
     refresh.click(refresh_list, [current_study, *filters], list_outputs, api_name="drafts_list")
     tab.select(
-        when_round_chosen(refresh_list, len(list_outputs)),
+        when_round_chosen(refresh_painted, len(list_outputs) + 1),
         [current_study, *filters],
-        list_outputs,
+        [*list_outputs, painted],
         api_name="drafts_tab",
         show_progress="hidden",
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, md, ui_errors
+from pages.common import AppState, md, shown_js, ui_errors
 from teachlab import charts, views
 
 LEVEL_ICON = {"ok": "✅", "warn": "⚠️", "stop": "⛔"}
@@ -166,7 +166,23 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         return figures(study_id)
 
     refresh.click(show, [current_study], outputs, api_name="progress_refresh")
+    on_screen = gr.Checkbox(value=True, visible=False, label="on screen")
+
+    @ui_errors
+    def on_study(study_id: int | None, shown: bool = True) -> Any:
+        """A new study: its charts when the page is on screen (opening the page draws them
+        otherwise)."""
+        if shown:
+            return figures(study_id)
+        # No chart of the previous study stays behind the new study's name.
+        return ("Loading this study's charts…", *[None] * 5, "", None, None, None)
+
     current_study.change(
-        show, [current_study], outputs, api_name="progress_study", show_progress="hidden"
+        on_study,
+        [current_study, on_screen],
+        outputs,
+        api_name="progress_study",
+        show_progress="hidden",
+        js=shown_js("progress-page"),
     )
     tab.select(show, [current_study], outputs, api_name="progress_tab", show_progress="hidden")

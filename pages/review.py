@@ -12,7 +12,17 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, current_user, esc, md, pre, ui_errors, when_round_chosen
+from pages.common import (
+    AppState,
+    current_user,
+    esc,
+    md,
+    pre,
+    shown_js,
+    skips,
+    ui_errors,
+    when_round_chosen,
+)
 from teachlab import review, rounds, studies, views
 from teachlab.errors import ConfigError
 
@@ -264,6 +274,8 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
                 )
         state.for_admins(bulk_box)
         pair_id = gr.State(None)
+        painted = gr.State(None)  # the round whose queue the page shows
+        on_screen = gr.Checkbox(value=True, visible=False, label="on screen")
         version = gr.State(None)
         last = gr.State(None)  # (pair id, version) of this tab's latest decision, for undo
 
@@ -332,8 +344,15 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
 
     @ui_errors
     def on_study(
-        request: gr.Request, study_id: int | None, st: str, lv: str, od: str
+        request: gr.Request,
+        study_id: int | None,
+        st: str,
+        lv: str,
+        od: str,
+        shown: bool = True,
     ) -> tuple[Any, ...]:
+        """The study's current round and guidelines; its queue only when the page is on screen
+        (opening the page reads it otherwise)."""
         if not study_id:
             return (
                 gr.Dropdown(choices=[], value=None),
@@ -343,23 +362,52 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
                 *view(None, st, lv, od),
                 None,
                 "",
+                None,
             )
         study = studies.get_study(int(study_id))
         current = rounds.current_round(int(study_id)).id
         is_admin = state.role(request) == "admin"
+        loading = (  # no pair of the previous study stays behind the new study's name
+            views.queue_frame([]),
+            progress_html(0, 0),
+            "<p>Loading this study's pairs…</p>",
+            "",
+            "",
+            None,
+            None,
+            None,
+            "",
+            None,
+        )
+        queue = (*view(current, st, lv, od), None, "", current) if shown else loading
         return (
             gr.Dropdown(choices=views.round_options(int(study_id)), value=current),
             study.guidelines or "_No guidelines yet._",
             study.guidelines,
             gr.Column(visible=is_admin),
-            *view(current, st, lv, od),
-            None,
-            "",
+            *queue,
         )
 
     @ui_errors
     def refresh(round_id: int | None, st: str, lv: str, od: str) -> tuple[Any, ...]:
         return view(round_id, st, lv, od)
+
+    @ui_errors
+    def catch_up(study_id: int | None, *rest: Any) -> tuple[Any, ...]:
+        """The picker changed: show its round's queue, if on screen and not shown already."""
+        round_id, st, lv, od, shown_round, shown = rest
+        rid = views.as_id(round_id) if round_id else None
+        if not shown or rid is None or rid == shown_round or not study_id:
+            return skips(len(view_outputs) + 1)
+        if views.study_of_round(rid).id != int(study_id):
+            return skips(len(view_outputs) + 1)
+        return (*view(rid, st, lv, od), rid)
+
+    def refresh_painted(_study: Any, round_id: Any, *f: str) -> tuple[Any, ...]:
+        shown = refresh(round_id, *f)
+        if not isinstance(shown, tuple):
+            return skips(len(view_outputs) + 1)
+        return (*shown, views.as_id(round_id) if round_id else None)
 
     @ui_errors
     def open_pair(
@@ -483,16 +531,31 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
 
     current_study.change(
         on_study,
-        [current_study, status, level, order],
-        [rnd, guidelines, guide_box, guide_edit, *view_outputs, last, message],
+        [current_study, status, level, order, on_screen],
+        [rnd, guidelines, guide_box, guide_edit, *view_outputs, last, message, painted],
         api_name="review_study",
         show_progress="hidden",
+        js=shown_js("review-page"),
     )
-    gr.on([w.input for w in filters], refresh, filters, view_outputs, api_name="review_queue")
-    tab.select(
-        when_round_chosen(lambda _study, *f: refresh(*f), len(view_outputs)),
-        [current_study, *filters],
+    rnd.change(
+        catch_up,
+        [current_study, *filters, painted, on_screen],
+        [*view_outputs, painted],
+        api_visibility="private",
+        show_progress="hidden",
+        js=shown_js("review-page"),
+    )
+    gr.on(
+        [w.input for w in filters[1:]],  # the round picker: catch_up, on any change
+        refresh,
+        filters,
         view_outputs,
+        api_name="review_queue",
+    )
+    tab.select(
+        when_round_chosen(refresh_painted, len(view_outputs) + 1),
+        [current_study, *filters],
+        [*view_outputs, painted],
         api_name="review_tab",
         show_progress="hidden",
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, md, signal_panel, ui_errors
+from pages.common import AppState, esc, md, shown_js, signal_panel, ui_errors
 from teachlab import charts, views
 from teachlab.errors import NotFoundError
 from teachlab.jobs import queue, runs
@@ -302,7 +302,34 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
     stage.input(show, inputs, outputs, api_name="runs_show")
     pick.input(show, inputs, outputs, api_name="runs_pick", show_progress="hidden")
     refresh.click(show, inputs, outputs, api_name="runs_refresh")
-    current_study.change(show, inputs, outputs, api_name="runs_study", show_progress="hidden")
+
+    @ui_errors
+    def on_study(
+        study_id: int | None, kind: str, pick_value: int | None, shown: bool = True
+    ) -> Any:
+        """A new study: its runs when the page is on screen (opening the page reads them
+        otherwise)."""
+        if shown:
+            return show(study_id, kind, pick_value)
+        return (  # no run of the previous study stays behind the new study's name
+            "Loading this study's runs…",
+            "",
+            gr.Dropdown(choices=[("latest run of the study", LATEST)], value=LATEST),
+            "<div class='tl-run'><p>Loading this study's runs…</p></div>",
+            None,
+            "",
+            views.runs_frame(0),
+            None,
+        )
+
+    current_study.change(
+        on_study,
+        [*inputs, on_screen],
+        outputs,
+        api_name="runs_study",
+        show_progress="hidden",
+        js=shown_js("runs-page"),
+    )
     tab.select(show, inputs, outputs, api_name="runs_tab", show_progress="hidden")
     launch.click(
         do_launch,

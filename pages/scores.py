@@ -10,7 +10,16 @@ from typing import Any
 
 import gradio as gr
 
-from pages.common import AppState, esc, pre, signal_panel, ui_errors, when_round_chosen
+from pages.common import (
+    AppState,
+    esc,
+    pre,
+    shown_js,
+    signal_panel,
+    skips,
+    ui_errors,
+    when_round_chosen,
+)
 from teachlab import charts, views
 from teachlab.rounds import current_round
 
@@ -119,20 +128,50 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         )
 
     outputs = [base, signal, hist_r, hist_q, table]
+    painted = gr.State(None)  # the round whose scores the page shows
+    on_screen = gr.Checkbox(value=True, visible=False, label="on screen")
 
     @ui_errors
-    def on_study(study_id: int | None) -> tuple[Any, ...]:
+    def on_study(study_id: int | None, shown: bool = True) -> tuple[Any, ...]:
+        """The study's current round; its scores only when the page is on screen (opening the
+        page reads them otherwise)."""
         if not study_id:
-            return (gr.Dropdown(choices=[], value=None), *overview(None))
+            return (gr.Dropdown(choices=[], value=None), *overview(None), None)
         current = current_round(int(study_id)).id
-        return (
-            gr.Dropdown(choices=views.round_options(int(study_id)), value=current),
-            *overview(current),
-        )
+        picker = gr.Dropdown(choices=views.round_options(int(study_id)), value=current)
+        if not shown:  # no scores of the previous study stay behind the new study's name
+            return (
+                picker,
+                "Loading this study's scores…",
+                "",
+                None,
+                None,
+                views.scores_frame(0),
+                None,
+            )
+        return (picker, *overview(current), current)
 
     @ui_errors
     def show_round(round_id: int | None) -> tuple[Any, ...]:
         return overview(round_id)
+
+    @ui_errors
+    def catch_up(
+        study_id: int | None, round_id: Any, shown_round: Any, shown: bool
+    ) -> tuple[Any, ...]:
+        """The picker changed: show its round's scores, if on screen and not shown already."""
+        rid = views.as_id(round_id) if round_id else None
+        if not shown or rid is None or rid == shown_round or not study_id:
+            return skips(len(outputs) + 1)
+        if views.study_of_round(rid).id != int(study_id):
+            return skips(len(outputs) + 1)
+        return (*overview(rid), rid)
+
+    def show_painted(_study: Any, round_id: Any) -> tuple[Any, ...]:
+        shown = show_round(round_id)
+        if not isinstance(shown, tuple):
+            return skips(len(outputs) + 1)
+        return (*shown, views.as_id(round_id) if round_id else None)
 
     @ui_errors
     def show(study_id: int | None, draft: float | None) -> tuple[str, Any]:
@@ -151,14 +190,27 @@ def build(state: AppState, current_study: gr.State, tab: gr.Tab) -> None:
         return (int(row[0]), *show(study_id, int(row[0])))
 
     current_study.change(
-        on_study, [current_study], [rnd, *outputs], api_name="scores_study", show_progress="hidden"
+        on_study,
+        [current_study, on_screen],
+        [rnd, *outputs, painted],
+        api_name="scores_study",
+        show_progress="hidden",
+        js=shown_js("scores-page"),
     )
-    rnd.input(show_round, [rnd], outputs, api_name="scores_round")
+    # Any change of the picker (a new study, or the user's choice) shows its round.
+    rnd.change(
+        catch_up,
+        [current_study, rnd, painted, on_screen],
+        [*outputs, painted],
+        api_name="scores_round",
+        show_progress="hidden",
+        js=shown_js("scores-page"),
+    )
     refresh.click(show_round, [rnd], outputs, api_name="scores_refresh")
     tab.select(
-        when_round_chosen(lambda _study, rnd: show_round(rnd), len(outputs)),
+        when_round_chosen(show_painted, len(outputs) + 1),
         [current_study, rnd],
-        outputs,
+        [*outputs, painted],
         api_name="scores_tab",
         show_progress="hidden",
     )

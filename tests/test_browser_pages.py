@@ -267,7 +267,9 @@ def test_a_study_shows_its_settings_and_can_be_changed_archived_and_deleted(
     expect(page.locator("#study-about table")).to_contain_text("open")  # its round
 
     page.get_by_text("Change, archive or delete it").click()
-    page.locator("#study-edit-description textarea").fill("Scratch copy for <i>trying</i> things")
+    box = page.locator("#study-edit-description textarea")
+    expect(box).to_have_value(studies.get_study(other.id).description)  # filled for this study
+    box.fill("Scratch copy for <i>trying</i> things")
     page.get_by_label("Change a setting").click()
     page.get_by_role("option", name="DPO learning rate (dpo_lr)").click()
     page.locator("#study-edit-value input, #study-edit-value textarea").fill("0.0001")
@@ -295,3 +297,29 @@ def test_a_study_shows_its_settings_and_can_be_changed_archived_and_deleted(
     expect(page.locator(".toast-body").filter(has_text="Deleted study scratch")).to_be_visible()
     expect(page.locator("#current-context")).to_contain_text(f"#{seeded.study} {seeded.name}")
     assert [s.name for s in studies.list_studies()] == [seeded.name]
+
+
+def test_a_public_demo_states_its_limits_and_holds_to_them(
+    page: Page, serve: Callable[..., str], seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEACHLAB_DEMO_MODE", "true")
+    url = serve()
+    open_study(page, url, seeded, settle=False)
+    banner = page.locator("#demo-limits")
+    expect(banner).to_contain_text("n_questions ≤ 16")
+    expect(banner).to_contain_text("1 run at a time per visitor")
+    expect(banner).to_contain_text("uploads up to 2 MB")
+
+    page.get_by_text("Create a study").click()
+    page.get_by_label("Name", exact=True).fill("too-big")
+    page.get_by_label("Questions per round (n_questions)").fill("100")
+    page.locator("#create-study").click()
+    refused = page.locator(".toast-body").filter(has_text="keeps studies small")
+    expect(refused).to_contain_text("n_questions=100 (at most 16)")
+    assert [s.name for s in studies.list_studies()] == [seeded.name]
+
+    tab(page, "Runs")
+    page.locator("#runs-launch").click()  # a whole round: it trains, so it is off here
+    expect(
+        page.locator(".toast-body").filter(has_text="switched off in this public demo")
+    ).to_be_visible()

@@ -365,6 +365,16 @@ def test_dataset_card_records_configuration_models_templates_counts_and_version(
         study = s.get(Study, src["study"])
     assert study.created_at.isoformat(timespec="seconds") in text  # the study's date
     assert "Form: trl standard (text)" in text and "LLaMA-Factory" in text
+    # The ratings say what the study scored: probe accuracy here, the log-prob margin where
+    # pairs are built on it.
+    assert "scores of each text (the student's accuracy on the probes" in text
+    with write_session() as s:
+        row = s.get(Study, src["study"])
+        row.config = {**row.config, "pair_metric": "margin"}  # type: ignore[union-attr]
+        s.add(row)
+    margin = ex.export(ex.Selection("src"), "dpo", "jsonl", name="carded-margin").card
+    assert "scores of each text (the mean log-prob margin of the gold answer" in margin
+    assert "probe accuracy" not in margin.split("## Columns")[1].split("## ")[0]
     assert manifest | {"created": None} == {
         "teachlab_version": __version__,
         "kind": "dpo",

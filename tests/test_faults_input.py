@@ -1072,6 +1072,8 @@ PRIVATE = {  # not callable over the API
     "check_settings",
     "show_study",
     "list_archived",
+    "catch_up",  # Drafts and Review follow their round picker
+    "catch_up_1",
 }
 READ_ONLY = {
     "compare_pick",
