@@ -42,11 +42,11 @@ PAGES = {
 
 def serve(port: int) -> None:
     """The app as ``launch`` builds it (queue, concurrency, theme), without the worker."""
-    from pages import CSS, THEME, build_app
+    from pages import LOOK, build_app
 
     app = build_app()
     app.queue(default_concurrency_limit=8)
-    app.launch(server_port=port, prevent_thread_lock=True, quiet=True, css=CSS, theme=THEME)
+    app.launch(server_port=port, prevent_thread_lock=True, quiet=True, **LOOK)
     print("ready", flush=True)
     while True:
         time.sleep(3600)

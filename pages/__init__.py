@@ -39,6 +39,16 @@ table th { min-width: 4.5em; }
 #current-user { text-align: right; }
 """
 THEME = gr.themes.Soft(primary_hue="teal", secondary_hue="slate", neutral_hue="slate")
+# A mouse wheel over a focused number box scrolls the page and never changes the number: the
+# browser's own behaviour turned a typed 2 into an 8 while the settings form was scrolled.
+JS = """() => {
+  document.addEventListener('wheel', (event) => {
+    const el = document.activeElement;
+    if (el && el.type === 'number' && event.target === el) el.blur();
+  }, {capture: true, passive: true});
+}"""
+# How the app looks and behaves in the browser: everything that serves it passes these.
+LOOK = {"css": CSS, "theme": THEME, "js": JS}
 
 
 def build_app(settings: Settings | None = None) -> gr.Blocks:
@@ -200,8 +210,7 @@ def launch(host: str | None = None, port: int | None = None, start_worker: bool 
             blocked_paths=[str(settings.storage.resolve())],
             max_file_size=f"{upload_mb(settings)}mb",
             footer_links=["api"],
-            css=CSS,
-            theme=THEME,
+            **LOOK,
             prevent_thread_lock=True,
         )
         expire_sessions(app, settings.session_hours)

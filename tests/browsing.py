@@ -73,7 +73,7 @@ def seeded(db_path: Path) -> Seeded:
 @pytest.fixture
 def serve(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
     """Start the app as ``launch`` does (same CSS and login), on a free port; returns its URL."""
-    from pages import CSS, THEME, auth_callback, build_app
+    from pages import LOOK, auth_callback, build_app
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     apps = []
@@ -89,8 +89,7 @@ def serve(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
             prevent_thread_lock=True,
             server_port=port,
             auth=auth_callback(get_settings()),
-            css=CSS,
-            theme=THEME,
+            **LOOK,
             quiet=True,
         )
         apps.append(app)

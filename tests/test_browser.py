@@ -190,7 +190,7 @@ def test_screenshots_of_every_page(page: Page, serve: Callable[..., str], seeded
     open_study(page, url, seeded)
     page.get_by_text("Create a study").click()
     expect(page.get_by_text("dates-margin-rule").filter(visible=True)).to_have_count(1)
-    shots = [_shoot(page, "studies", "[role=tablist]")]
+    shots = [_shoot(page, "studies", "#masthead")]
 
     tab(page, "Drafts")
     expect(page.locator("#drafts-parse-rate")).to_contain_text("parsed")

@@ -237,8 +237,16 @@ def test_the_settings_form_names_bad_fields_and_stores_what_was_typed(
     expect(refused).to_be_visible()
     assert [s.name for s in studies.list_studies()] == [seeded.name]
 
-    # Typed values are stored as typed, clicking Create straight after typing.
+    # Typed values are stored as typed. The page scrolled with the mouse over a number box that
+    # still has the focus: the browser would step the number (a typed 2 became an 8).
     questions.fill("2")
+    box = questions.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 10, box["y"] + 5)
+    for _ in range(6):
+        page.mouse.wheel(0, -100)
+        page.wait_for_timeout(50)
+    expect(questions).to_have_value("2")
     probes.fill("12")
     page.locator("#create-study").click()
     expect(page.locator(".toast-body").filter(has_text="Created study")).to_be_visible()

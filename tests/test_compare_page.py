@@ -171,7 +171,7 @@ def free_port() -> int:
 
 
 def serve_app(auth: str | None) -> tuple[Any, str]:
-    from pages import CSS, auth_callback, build_app
+    from pages import LOOK, auth_callback, build_app
 
     get_settings.cache_clear()
     app = build_app()
@@ -181,7 +181,7 @@ def serve_app(auth: str | None) -> tuple[Any, str]:
         prevent_thread_lock=True,
         server_port=port,
         auth=auth_callback(get_settings()),
-        css=CSS,
+        **LOOK,
         quiet=True,
     )
     return app, f"http://127.0.0.1:{port}/"
