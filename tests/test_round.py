@@ -53,6 +53,9 @@ TINY = {
     "eval_shots": 1,
     # A 135M student's probe accuracy often ties between drafts; margins rarely do.
     "pair_metric": "margin",
+    # Questions drafted field by field: asked for whole questions, a tiny teacher aligned on a
+    # pair or two can write no parseable tailored question, and leave distil nothing.
+    "scaffold": True,
 }
 
 

@@ -36,6 +36,21 @@ def tailored_examples(round_id: int, description: str) -> list[dict[str, str]]:
     return examples
 
 
+def _nothing_to_distil(round_id: int) -> str:
+    """Why a round has no tailored example, and what to do about it."""
+    with read_session() as session:
+        tailored = session.exec(queries.drafts(round_id, kind="question", phase="tailored")).all()
+    if not tailored:
+        return "No tailored examples to distil on: run the regenerate stage first."
+    reasons = sorted({d.reason.split(":")[-1].strip() for d in tailored if d.reason})[:2]
+    return (
+        f"No tailored examples to distil on: the aligned teacher wrote {len(tailored)} tailored "
+        f"questions and none was usable ({'; '.join(reasons) or 'no usable rationale'}). Draft "
+        "field by field (scaffold = true), give the teacher more tokens (max_new_tokens), or align "
+        "it more gently (fewer DPO steps, a lower learning rate), then run regenerate again."
+    )
+
+
 def stage_distill(ctx: RunContext, run: Run) -> dict[str, Any]:
     from teachlab.train import train_sft
 
@@ -43,7 +58,7 @@ def stage_distill(ctx: RunContext, run: Run) -> dict[str, Any]:
     rnd = loaded.round
     examples = tailored_examples(loaded.id, loaded.task.description)
     if not examples:
-        raise JobError("No tailored examples to distil on: run the regenerate stage first.")
+        raise JobError(_nothing_to_distil(loaded.id))
     result = train_sft(
         ctx,
         base_ref=rnd.student,
