@@ -160,6 +160,8 @@ GROUPS: list[tuple[str, bool, list[str]]] = [
             "lora",
             "lora_r",
             "save_steps",
+            "gradient_checkpointing",
+            "load_in_4bit",
         ],
     ),
     ("Evaluation", False, ["eval_shots", "bootstrap", "lm_eval_tasks"]),
@@ -198,6 +200,8 @@ LABELS = {
     "sft_batch_size": "SFT batch size",
     "sft_max_steps": "SFT steps (most)",
     "lora": "LoRA adapters",
+    "gradient_checkpointing": "Gradient checkpointing",
+    "load_in_4bit": "4-bit base (QLoRA)",
     "lora_r": "LoRA rank",
     "save_steps": "Checkpoint every (steps)",
     "eval_shots": "Few-shot demonstrations",
@@ -503,25 +507,33 @@ def build(state: AppState, current_study: gr.State) -> None:
     gr.on(None, on_load, None, [table, pick, current_study], api_visibility="private")
     pick.change(lambda v: v, [pick], [current_study], api_name="select_study")
 
-    study_outputs = [about, settings_table, new_name, description, archive, gone]
+    # The study whose name and description fill the edit form: a repeated change event for the
+    # same study (a slow page load answers late) must not overwrite what the admin is typing.
+    form_for = gr.State(None)
+    study_outputs = [about, settings_table, new_name, description, archive, gone, form_for]
 
-    @ui_errors
-    def show_study(study_id: int | None) -> tuple[Any, ...]:
+    def show_study(study_id: int | None, filled_for: int | None = None) -> tuple[Any, ...]:
         if not study_id:
-            return ("", settings_frame(None), "", "", gr.Button("Archive"), "")
+            return ("", settings_frame(None), "", "", gr.Button("Archive"), "", None)
         study = studies.get_study(int(study_id))
+        keep = filled_for == study.id
         return (
             about_md(int(study_id)),
             settings_frame(int(study_id)),
-            study.name,
-            study.description,
+            gr.skip() if keep else study.name,
+            gr.skip() if keep else study.description,
             gr.Button("Bring back from the archive" if study.archived else "Archive"),
             "Deleting it removes " + studies.footprint(int(study_id)).describe() + "; exports "
             "already written stay. Archiving hides it instead, and can be undone.",
+            study.id,
         )
 
     current_study.change(
-        show_study, [current_study], study_outputs, api_visibility="private", show_progress="hidden"
+        ui_errors(show_study),
+        [current_study, form_for],
+        study_outputs,
+        api_visibility="private",
+        show_progress="hidden",
     )
 
     @ui_errors

@@ -4,12 +4,14 @@ server (retries, timeouts, unreachable servers), and the transformers backend on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,9 @@ from teachlab.backends import GenRequest, cut_at_stop, make_backend
 from teachlab.backends.hf import batch_seed, request_batches
 from teachlab.backends.openai_compat import OpenAIBackend
 from teachlab.errors import ConfigError, ModelError
+from tests.conftest import bigbench_available
+
+STUDENT = "bundled:smollm2-135m-instruct"
 
 # ---------------------------------------------------------------- pure helpers
 
@@ -46,8 +51,9 @@ def test_cut_at_stop_uses_the_earliest_stop_string() -> None:
 def test_factory_errors_are_actionable() -> None:
     with pytest.raises(ConfigError, match="Unknown backend 'tgi'"):
         make_backend("tgi", "m")
-    with pytest.raises(ConfigError, match="cannot load a LoRA adapter"):
-        make_backend("openai", "m", adapter="/tmp/adapter")
+    # A folder that holds no adapter is named before any server is asked.
+    with pytest.raises(ModelError, match="neither a LoRA adapter"):
+        make_backend("openai", "m", adapter="/nonexistent/adapter")
 
 
 def test_vllm_missing_says_how_to_install_it() -> None:
@@ -86,7 +92,10 @@ def test_vllm_backend_generates() -> None:
 
 class FakeServer(ThreadingHTTPServer):
     """GET /v1/models and POST /v1/completions. ``mode``: ok | flaky (two 500s, then ok) |
-    slow (sleeps 3 s) | bad (400)."""
+    slow (sleeps 3 s) | bad (400). With ``lora`` on it also speaks vLLM's runtime LoRA endpoint
+    (POST /v1/load_lora_adapter: 200, or 400 for a name already loaded) and answers only for
+    the models it serves; with it off that endpoint is missing (404), as on llama.cpp's
+    servers. ``reply`` (prompt → text) replaces the echo."""
 
     daemon_threads = True
 
@@ -96,6 +105,9 @@ class FakeServer(ThreadingHTTPServer):
         self.failures = 0
         self.bodies: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+        self.lora = False
+        self.adapters: dict[str, str] = {}  # served name -> path
+        self.reply: Any = None
 
     @property
     def url(self) -> str:
@@ -126,6 +138,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         server = self.server
+        if self.path == "/v1/load_lora_adapter":
+            self._load_lora(body)
+            return
+        if server.lora and body["model"] not in {"tiny", *server.adapters}:
+            message = f"The model `{body['model']}` does not exist."
+            self._send(404, {"error": {"message": message, "type": "NotFoundError"}})
+            return
         with server.lock:
             server.bodies.append(body)
             fail = server.mode == "flaky" and server.failures < 2
@@ -138,7 +157,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         if server.mode == "slow":
             time.sleep(3)
-        text = f"{body['prompt'][::-1]}|seed={body.get('seed')}|t={body['temperature']}\nUser: x"
+        text = (
+            server.reply(body["prompt"])
+            if server.reply
+            else f"{body['prompt'][::-1]}|seed={body.get('seed')}|t={body['temperature']}\nUser: x"
+        )
         self._send(
             200,
             {
@@ -149,6 +172,21 @@ class Handler(BaseHTTPRequestHandler):
                 "choices": [{"text": text, "index": 0, "finish_reason": "stop", "logprobs": None}],
             },
         )
+
+    def _load_lora(self, body: dict[str, Any]) -> None:
+        server = self.server
+        if not server.lora:
+            self._send(404, {"detail": "Not Found"})
+            return
+        name = body["lora_name"]
+        with server.lock:
+            known = name in server.adapters
+            server.adapters[name] = body["lora_path"]
+        if known:
+            message = f"The lora adapter '{name}' has already been loaded."
+            self._send(400, {"error": {"message": message, "type": "InvalidUserInput"}})
+        else:
+            self._send(200, {"message": f"Success: LoRA adapter '{name}' added successfully."})
 
 
 @pytest.fixture
@@ -227,6 +265,123 @@ def test_base_url_comes_from_the_environment(
     monkeypatch.setenv("OPENAI_BASE_URL", server.url)
     backend = make_backend("openai", "tiny")
     assert backend.name == f"openai:tiny@{server.url}"
+
+
+# ---------------------------------------------------------------- a round's adapter on a server
+
+
+def adapter_folder(root: Path, weights: bytes = b"lora weights") -> Path:
+    """A folder as the align stage leaves it (the loopback server reads only its path)."""
+    folder = root / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_the_aligned_teacher_is_loaded_into_the_server_and_asked_for_by_name(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    from teachlab.models import trained_hash
+
+    server.lora = True
+    folder = adapter_folder(tmp_path)
+    backend = _backend(server, adapter=str(folder))
+    digest = trained_hash(folder)
+    assert backend.adapter_hash == digest and backend.model == f"teachlab-{digest[:16]}"
+    assert server.adapters == {backend.model: str(folder.resolve())}
+    assert backend.name == f"openai:{backend.model}@{server.url}"
+    [(_, text)] = list(backend.generate([_req("a", prompt="hello")]))
+    assert text.startswith("olleh") and server.bodies[-1]["model"] == backend.model
+    # The next stage loads it again: the server's "already loaded" is not an error.
+    assert _backend(server, adapter=str(folder)).model == backend.model
+
+
+def test_a_server_that_cannot_load_adapters_is_refused_before_any_prompt(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelError, match="cannot load LoRA adapters at run time"):
+        _backend(server, adapter=str(adapter_folder(tmp_path)))
+    assert server.bodies == []
+
+
+def test_a_fully_fine_tuned_teacher_is_refused_with_how_to_serve_it(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.lora = True
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / "config.json").write_text("{}")
+    (whole / "model.safetensors").write_bytes(b"every weight")
+    with pytest.raises(ModelError, match=r"fully fine-tuned \(lora off\).*vllm serve"):
+        _backend(server, adapter=str(whole))
+    assert server.adapters == {} and server.bodies == []
+
+
+def sports_reply(prompt: str) -> str:
+    """What a teacher on the server writes: a question where the prompt opens one, else a
+    rationale that ends in an answer."""
+    digest = hashlib.sha256(prompt.encode()).hexdigest()[:6]
+    if prompt.endswith("<input>"):
+        return f"Player {digest} scored a penalty kick.</input><target>plausible</target>"
+    return (
+        f" Player {digest} plays football, where penalty kicks are scored, so <ans>plausible</ans>"
+    )
+
+
+@pytest.mark.skipif(
+    not bigbench_available("sports_understanding"), reason="run `teachlab data fetch` first"
+)
+def test_round_one_drafts_and_regenerates_with_the_aligned_teacher_on_the_server(
+    server: FakeServer, tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 1 after alignment, on the openai backend: the round's adapter is loaded into the
+    server and every draft and tailored example is written by it, and recorded as such."""
+    from sqlmodel import select
+
+    from teachlab.db import Draft, Round, read_session, write_session
+    from teachlab.jobs import runs
+    from teachlab.jobs.executor import execute
+    from teachlab.models import trained_hash
+    from teachlab.rounds import current_round
+    from teachlab.stages import STAGES
+    from teachlab.studies import create_study
+
+    server.lora, server.reply = True, sports_reply
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    config = {"n_questions": 2, "n_rationales": 1, "n_probe": 8, "n_test": 12, "n_tailored": 2}
+    study = create_study(
+        "served", "bigbench:sports_understanding", teacher=STUDENT, backend="openai", config=config
+    )
+    aligned = adapter_folder(tmp_path)
+    with write_session() as session:  # round 0 closed, its aligned teacher carried to round 1
+        first = current_round(study.id)  # type: ignore[arg-type]
+        first.status = "done"
+        session.add(first)
+        session.add(
+            Round(
+                study_id=study.id,  # type: ignore[arg-type]
+                index=1,
+                teacher=STUDENT,
+                student=study.student,
+                teacher_adapter=str(aligned),
+            )
+        )
+    rnd = current_round(study.id)  # type: ignore[arg-type]
+    assert rnd.index == 1
+    for kind in ("draft", "regenerate"):
+        run = runs.create_run(study.id, kind, round_id=rnd.id, seed=0)  # type: ignore[arg-type]
+        final = execute(run.id, STAGES)  # type: ignore[arg-type]
+        assert final.status == "succeeded", final.error
+    served = f"teachlab-{trained_hash(aligned)[:16]}"
+    assert set(server.adapters) == {served}
+    assert server.bodies and {b["model"] for b in server.bodies} == {served}
+    with read_session() as session:
+        drafts = session.exec(select(Draft).where(Draft.round_id == rnd.id)).all()
+    assert {d.phase for d in drafts} == {"draft", "tailored"}
+    assert {d.adapter_hash for d in drafts} == {trained_hash(aligned)}
+    assert {d.sampling["backend"] for d in drafts} == {f"openai:{served}@{server.url}"}
+    assert any(d.status == "ok" and d.kind == "question" and d.phase == "tailored" for d in drafts)
 
 
 # ---------------------------------------------------------------- transformers (real teacher)

@@ -72,6 +72,25 @@ def stopped(proc: subprocess.Popen[bytes]) -> str:
     return out.decode(errors="replace")
 
 
+def pause_holding_no_lock(proc: subprocess.Popen[bytes], db: Path) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no write transaction: a process paused inside one
+    blocks every SQLite writer until it resumes (SQLite cannot take a lock from its holder), and
+    that is not the split brain under test. Resumed and paused again until the lock is free."""
+    for _ in range(50):
+        os.kill(proc.pid, signal.SIGSTOP)
+        conn = sqlite3.connect(db, timeout=0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.rollback()
+            return
+        except sqlite3.OperationalError:  # paused mid-write: let it finish, try again
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.03)
+        finally:
+            conn.close()
+    raise AssertionError("the executor held the write lock at every one of 50 pauses")
+
+
 def integrity(db: Path) -> str:
     with sqlite3.connect(db) as conn:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
@@ -84,7 +103,7 @@ def test_a_paused_executor_that_lost_its_lease_writes_nothing_more(db_path: Path
     run = runs.create_run(study, "check", round_id=rnd)
     first = slow_executor(run.id)  # type: ignore[arg-type]
     wait_for(lambda: runs.get_run(run.id).progress_done >= 3, 120, "the first executor's steps")  # type: ignore[arg-type]
-    os.kill(first.pid, signal.SIGSTOP)
+    pause_holding_no_lock(first, db_path)
     paused_at = time.monotonic()
     before = writers(run.id)  # type: ignore[arg-type]
     wait_for(lambda: time.monotonic() - paused_at > runs.STALE_AFTER_S + 1, 30, "the stale limit")

@@ -177,7 +177,7 @@ def test_a_named_task_offline_without_its_dataset_cached_says_so() -> None:
 def test_adapter_folders_are_checked_before_lm_eval_runs(tmp_path: Path) -> None:
     from teachlab.errors import ModelError
 
-    with pytest.raises(ModelError, match=r"no adapter_config\.json"):
+    with pytest.raises(ModelError, match=r"holds neither a LoRA adapter \(adapter_config\.json\)"):
         run_lm_eval(STUDENT, str(tmp_path), str(write_task(tmp_path)))
 
 

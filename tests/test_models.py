@@ -81,3 +81,35 @@ def test_bundled_model_loads_from_cache_fast_and_generates(ref: str) -> None:
     text = loaded.tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
     assert text.strip(), "the de-quantised model produced nothing"
     assert not any(p.is_meta for p in loaded.model.parameters())
+
+
+def test_a_trained_folder_is_an_adapter_a_whole_model_or_refused(tmp_path: Path) -> None:
+    adapter, whole, broken = (tmp_path / n for n in ("adapter", "whole", "broken"))
+    for folder in (adapter, whole, broken):
+        folder.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"lora")
+    (whole / "config.json").write_text("{}")
+    (whole / "model.safetensors").write_bytes(b"all weights")
+    (broken / "config.json").write_text("{}")  # the weights were never written
+    assert models.trained_kind(adapter) == "adapter"
+    assert models.trained_kind(whole) == "model"
+    assert models.trained_hash(whole) == models.hash_folder(whole, "*.safetensors")
+    assert models.trained_hash(adapter) != models.trained_hash(whole)
+    with pytest.raises(ModelError, match="Re-run the align or distil stage"):
+        models.trained_kind(broken)
+    with pytest.raises(ModelError, match="neither a LoRA adapter"):
+        models.load("bundled:smollm2-135m-instruct", broken)
+
+
+def test_four_bit_training_is_refused_on_a_cpu_before_anything_loads() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ModelError, match="needs a CUDA GPU and this machine has none"):
+        models.require_device(load_in_4bit=True)
+    with pytest.raises(ModelError, match="needs a CUDA GPU"):
+        models.load("bundled:smollm2-135m-instruct", quantize_4bit=True)
+    models.require_device(load_in_4bit=False)  # nothing asked, nothing refused
+    assert models.load_dtype(trainable=False) == torch.float32  # CPU: full precision

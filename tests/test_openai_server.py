@@ -423,3 +423,17 @@ def test_a_crashed_server_fails_the_next_test_with_its_signal_not_a_connection_e
     assert "make server" in message
     # faulthandler's report, from the server's log
     assert "Fatal Python error: Segmentation fault" in message
+
+
+def test_an_aligned_teacher_is_refused_before_any_prompt_since_llama_cpp_loads_no_adapters(
+    server: Server, tmp_path: Path
+) -> None:
+    """llama.cpp's server has no runtime LoRA endpoint: round 1's teacher cannot run there, and
+    the stage says so (and what to use instead) before it sends a single prompt."""
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"lora weights")
+    with pytest.raises(ModelError, match="cannot load LoRA adapters at run time") as refused:
+        backend_for(server, adapter=str(folder))
+    assert "transformers or vllm backend" in str(refused.value)

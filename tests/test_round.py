@@ -216,3 +216,56 @@ def test_the_worker_executes_a_queued_run(storage: Path) -> None:
         worker.wait(timeout=30)
     assert runs.get_run(run.id).status == "succeeded"  # type: ignore[arg-type]
     assert count(Evaluation, Evaluation.round_id == rnd.id) == 2
+
+
+def test_two_rounds_of_full_fine_tuning_run_through_every_stage(storage: Path) -> None:
+    """lora off: align and distil save whole models, and every later stage (the next round's
+    drafting and scoring, its training, evaluation, export) loads them in place of the base."""
+    from teachlab.export import Selection, export
+    from teachlab.models import trained_kind
+
+    study = create_study("full", TASK, config={**TINY, "lora": False, "dpo_lr": 1e-6})
+    sid: int = study.id  # type: ignore[assignment]
+    for index in (0, 1):
+        rnd = current_round(sid)
+        assert rnd.index == index
+        final = execute_here(runs.create_run(sid, "round", round_id=rnd.id).id)  # type: ignore[arg-type]
+        assert final.status == "succeeded", final.error
+        children = {r.kind: r for r in runs.list_runs(sid) if r.parent_id == final.id}
+        assert all(r.status == "succeeded" for r in children.values()), children
+        for kind in ("align", "distill"):
+            result = children[kind].result
+            assert result["full_model"] is True
+            assert trained_kind(result["adapter"]) == "model"
+            assert not (Path(result["adapter"]) / "adapter_config.json").exists()
+    with read_session() as session:
+        r1 = session.exec(select(Round).where(Round.study_id == sid, Round.index == 1)).one()
+        # Round 1 drafted with the fully fine-tuned teacher and recorded its weights' hash.
+        hashes = session.exec(
+            select(Draft.adapter_hash)
+            .where(Draft.round_id == r1.id, Draft.phase == "draft")
+            .distinct()
+        ).all()
+        after = session.exec(
+            select(Evaluation).where(
+                Evaluation.round_id == r1.id, Evaluation.model == "student-after"
+            )
+        ).all()
+    assert r1.teacher_adapter and set(hashes) == {
+        children_hash(sid, 0, "align"),
+    }
+    assert after and all(e.n == 12 for e in after)
+    for kind in ("dpo", "sft"):  # pairs by both teachers; the fine-tuned one's tailored data
+        assert export(Selection(study=sid), kind).rows > 0
+
+
+def children_hash(study_id: int, index: int, kind: str) -> str:
+    """The output hash of round ``index``'s ``kind`` run."""
+    with read_session() as session:
+        rnd = session.exec(
+            select(Round).where(Round.study_id == study_id, Round.index == index)
+        ).one()
+        run = session.exec(
+            select(Run).where(Run.round_id == rnd.id, Run.kind == kind, Run.status == "succeeded")
+        ).one()
+    return str(run.result["adapter_sha256"])

@@ -518,3 +518,33 @@ def test_scoring_only_labelled_positions_changes_neither_loss_nor_gradients(
         torch.testing.assert_close(fast_fields[name][mask], value[mask], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast_grad, grad, rtol=1e-4, atol=1e-6)
     assert grad.abs().sum() > 0
+
+
+def test_training_precision_follows_the_device_and_checkpointing_the_setting(
+    tmp_path: Path,
+) -> None:
+    import torch
+    from trl import SFTConfig
+
+    from teachlab.train.common import Schedule, training_arguments
+
+    schedule = Schedule(lr=1e-4, epochs=1, batch=4, max_steps=2, warmup=0.1, scheduler="cosine")
+    plain, lean = (
+        training_arguments(
+            SFTConfig,
+            run_dir=tmp_path,
+            seed=0,
+            schedule=schedule,
+            save_steps=1,
+            checkpointing=flag,
+        )
+        for flag in (False, True)
+    )
+    field = (
+        "activation_checkpointing"
+        if hasattr(plain, "activation_checkpointing")
+        else ("gradient_checkpointing")
+    )
+    assert (getattr(plain, field), getattr(lean, field)) == (False, True)
+    if not torch.cuda.is_available():  # CPU: full precision, no mixed-precision flags
+        assert (plain.bf16, plain.fp16, plain.use_cpu) == (False, False, True)

@@ -33,6 +33,7 @@ from teachlab.studies import create_study
         ({"strategies": "expert,expert"}, "names a strategy twice"),
         ({"strategies": [1, 2]}, "give names separated by commas"),
         ({"n_questions": 0}, "n_questions=0 is out of range"),
+        ({"load_in_4bit": True, "lora": False}, "turn lora on, or load_in_4bit off"),
     ],
 )
 def test_bad_settings_name_the_setting_and_the_fix(given: dict, message: str) -> None:

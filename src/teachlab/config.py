@@ -128,6 +128,14 @@ class StudyConfig:
     lora: bool = _f(True, "Train a LoRA adapter (peft); off = full fine-tuning.")
     lora_r: int = _f(8, "LoRA rank.", min=1, max=256)
     save_steps: int = _f(2, "Checkpoint every this many training steps.", min=1, max=100000)
+    gradient_checkpointing: bool = _f(
+        False, "Recompute activations in the backward pass: less GPU memory, slower steps."
+    )
+    load_in_4bit: bool = _f(
+        False,
+        "QLoRA: hold the frozen base model in 4 bits while training LoRA adapters (needs a CUDA "
+        "GPU and the bitsandbytes package; with lora on only).",
+    )
     # evaluation
     eval_shots: int = _f(3, "Few-shot demonstrations in the few-shot evaluation.", min=0, max=8)
     bootstrap: int = _f(1000, "Bootstrap resamples for confidence intervals.", min=100, max=100000)
@@ -164,6 +172,11 @@ class StudyConfig:
             )
         if len(set(self.strategies)) < len(self.strategies):
             raise ConfigError("strategies names a strategy twice; name each one once.")
+        if self.load_in_4bit and not self.lora:
+            raise ConfigError(
+                "load_in_4bit trains LoRA adapters on a 4-bit base (QLoRA); turn lora on, or "
+                "load_in_4bit off for full fine-tuning."
+            )
         if self.n_rationales > len(self.strategies):
             raise ConfigError(
                 f"n_rationales={self.n_rationales} but only {len(self.strategies)} strategies; "

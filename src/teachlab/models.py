@@ -275,6 +275,61 @@ def model_hash(ref_text: str, settings: Settings | None = None) -> str:
     return hash_folder(folder)
 
 
+def trained_kind(folder: str | Path) -> str:
+    """What a training stage saved in ``folder``: ``"adapter"`` (LoRA, peft) or ``"model"``
+    (full fine-tuning: every weight, loaded in place of the base). Raises ModelError for a
+    folder that holds neither, e.g. a save that never finished."""
+    path = Path(folder)
+    if (path / "adapter_config.json").is_file():
+        return "adapter"
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return "model"
+    raise ModelError(
+        f"{path} holds neither a LoRA adapter (adapter_config.json) nor a fine-tuned model "
+        "(config.json and safetensors); it was not saved completely. Re-run the align or "
+        "distil stage that made it."
+    )
+
+
+def trained_hash(folder: str | Path) -> str:
+    """The sha256 of what a training stage saved in ``folder`` (adapter or whole model)."""
+    kind = trained_kind(folder)
+    return hash_folder(
+        Path(folder), "adapter_model.safetensors" if kind == "adapter" else "*.safetensors"
+    )
+
+
+def require_device(*, load_in_4bit: bool) -> None:
+    """Refuse, before any compute, a setting this machine cannot honour (4-bit needs CUDA)."""
+    if not load_in_4bit:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError(
+            "load_in_4bit (QLoRA) needs a CUDA GPU and this machine has none; run the study on "
+            "a GPU worker, or duplicate it with load_in_4bit off."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(
+            "load_in_4bit (QLoRA) needs the bitsandbytes package: pip install 'teachlab[gpu]' "
+            "(or pip install bitsandbytes)."
+        )
+
+
+def load_dtype(*, trainable: bool) -> Any:
+    """The precision to load weights in: float32 on CPU (and for training without bf16);
+    bfloat16 on a GPU that supports it, else float16 for inference (mixed precision
+    training keeps float32 weights)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.float32
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32 if trainable else torch.float16
+
+
 @dataclass
 class LoadedModel:
     ref: str
@@ -290,8 +345,14 @@ def load(
     *,
     settings: Settings | None = None,
     trainable: bool = False,
+    quantize_4bit: bool = False,
 ) -> LoadedModel:
-    """Load a model (and optionally a peft adapter) for inference on CPU or the first GPU."""
+    """Load a model for inference (or training) on CPU or the GPUs, in ``load_dtype``'s precision.
+
+    ``adapter`` is a folder a training stage saved: a LoRA adapter goes on the base model, a fully
+    fine-tuned model is loaded in its place (``trained_kind``); either way its weights' hash is
+    ``adapter_sha256``.
+    """
     settings = settings or get_settings()
     folder = fetch(ref_text, settings)
     import torch
@@ -299,31 +360,52 @@ def load(
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    require_device(load_in_4bit=quantize_4bit)
+    kind = trained_kind(adapter) if adapter else None
+    # A fully fine-tuned model replaces the base weights; a LoRA adapter goes on top of them.
+    weights = Path(adapter) if kind == "model" else folder  # type: ignore[arg-type]
+    cuda = torch.cuda.is_available()
+    placement: dict[str, Any] = {"device_map": "auto"} if cuda and not trainable else {}
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+
+        placement = {
+            "device_map": {"": torch.cuda.current_device()},
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=load_dtype(trainable=True),
+            ),
+        }
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            weights, dtype=load_dtype(trainable=trainable), **placement
+        )
     except OSError as exc:
         raise ModelError(
-            f"Could not load model {ref_text!r} from {folder}: {exc}; "
-            f"delete the folder and run `teachlab models fetch {ref_text}`."
+            f"Could not load model {ref_text!r} from {weights}: {exc}; "
+            + (
+                "re-run the stage that trained it."
+                if kind == "model"
+                else f"delete the folder and run `teachlab models fetch {ref_text}`."
+            )
         ) from exc
     if not tokenizer.chat_template:
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    adapter_hash = None
-    if adapter:
-        adapter_path = Path(adapter)
-        if not (adapter_path / "adapter_config.json").is_file():
-            raise ModelError(
-                f"Adapter folder {adapter_path} has no adapter_config.json; "
-                "it was not saved completely. Re-run the align or distil stage."
-            )
+    if quantize_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    adapter_hash = trained_hash(adapter) if adapter else None
+    if kind == "adapter":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=trainable)
-        adapter_hash = hash_folder(adapter_path, "adapter_model.safetensors")
-    if torch.cuda.is_available():
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    if cuda and not placement:
         model = model.to("cuda")
     if not trainable:
         model.eval()

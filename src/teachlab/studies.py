@@ -318,6 +318,7 @@ EDITABLE_SETTINGS = (
     "sft_batch_size",
     "sft_max_steps",
     "save_steps",
+    "gradient_checkpointing",
     "eval_shots",
     "bootstrap",
 )

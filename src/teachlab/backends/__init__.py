@@ -16,7 +16,8 @@ __all__ = ["BACKENDS", "GenRequest", "GenerationBackend", "cut_at_stop", "make_b
 def make_backend(
     kind: str, model_ref: str, adapter: str | None = None, **opts: Any
 ) -> GenerationBackend:
-    """A backend for ``model_ref`` (plus a LoRA ``adapter`` folder where the backend loads one).
+    """A backend for ``model_ref`` plus the folder a training stage saved (``adapter``): a LoRA
+    adapter, or a fully fine-tuned model that the transformers and vllm backends load whole.
 
     ``opts`` go to the backend: ``batch_size`` (transformers); ``base_url``, ``api_key``,
     ``served_model``, ``concurrency``, ``timeout``, ``max_retries``, ``retries`` (openai);
@@ -27,15 +28,10 @@ def make_backend(
 
         return HFBackend(model_ref, adapter, **opts)
     if kind == "openai":
-        if adapter:
-            raise ConfigError(
-                "The openai backend cannot load a LoRA adapter itself; serve it on the server "
-                "(e.g. `vllm serve BASE --enable-lora --lora-modules teacher=ADAPTER`) and name "
-                "the served adapter with served_model, or use the transformers or vllm backend."
-            )
         from teachlab.backends.openai_compat import OpenAIBackend
 
-        return OpenAIBackend(model_ref, **opts)
+        # The server loads the adapter (vLLM's runtime LoRA endpoint), or it is refused.
+        return OpenAIBackend(model_ref, adapter=adapter, **opts)
     if kind == "vllm":
         from teachlab.backends.vllm_backend import VLLMBackend
 

@@ -4,6 +4,11 @@ Prompts are already chat-templated text, so we call the completions endpoint, se
 at once from a thread pool, retrying connection errors, timeouts, 429 and 5xx with back-off.
 For llama.cpp's servers (`llama-server`, `python -m llama_cpp.server`) the server's own sampling
 defaults are switched off, so temperature 0 is greedy and the stored sampling is what ran.
+
+A round's LoRA adapter (the aligned teacher) is loaded into the server through vLLM's runtime
+LoRA endpoint (``POST /v1/load_lora_adapter``; `vllm serve BASE --enable-lora` with
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``) and addressed by a name made from its hash. A server
+that cannot load adapters (llama.cpp's) is refused before any prompt is sent.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any
 
 from teachlab.backends.base import GenRequest, cut_at_stop
@@ -28,6 +34,20 @@ PROBE_TIMEOUT_S = 10.0
 # servers get these fields: hosted APIs refuse fields they do not know.
 LLAMA_CPP_NEUTRAL: dict[str, Any] = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
 LLAMA_CPP_OWNERS = ("llamacpp", "me")  # /models `owned_by` of llama-server, llama-cpp-python
+
+
+def trained_adapter_hash(folder: Path) -> str:
+    """The hash of the LoRA adapter in ``folder``; a fully fine-tuned model is refused (a running
+    server cannot take one on), as is a folder that holds neither."""
+    from teachlab.models import trained_hash, trained_kind
+
+    if trained_kind(folder) == "model":
+        raise ModelError(
+            f"The teacher in {folder} was fully fine-tuned (lora off): a running server cannot "
+            f"load it as an adapter. Serve that folder itself (`vllm serve {folder}`) at "
+            "OPENAI_BASE_URL, or use the transformers or vllm backend."
+        )
+    return trained_hash(folder)
 
 
 def _retryable(exc: Exception) -> bool:
@@ -53,6 +73,7 @@ class OpenAIBackend:
         base_url: str | None = None,
         api_key: str | None = None,
         served_model: str | None = None,
+        adapter: str | Path | None = None,
         concurrency: int = 4,
         timeout: float = 120.0,
         max_retries: int = 2,
@@ -70,9 +91,12 @@ class OpenAIBackend:
         self.retries = max(0, int(retries))
         self.backoff = backoff
         self.extra_body: dict[str, Any] = {}  # set by the probe for llama.cpp servers
+        self.api_key = key
+        self.adapter_hash = trained_adapter_hash(Path(adapter)) if adapter is not None else None
         self.model = self._probe(served_model or model)
+        if adapter is not None:
+            self.model = self._load_adapter(Path(adapter), self.adapter_hash)  # type: ignore[arg-type]
         self.name = f"openai:{self.model}@{self.base_url}"
-        self.adapter_hash: str | None = None
         # Tokens as the server reports them (its usage block; zero when it sends none).
         self.tokens = {"prompt": 0, "generated": 0}
         self._count = threading.Lock()
@@ -108,6 +132,41 @@ class OpenAIBackend:
             log.info("server %s serves only %r; using it for %r", self.base_url, ids[0], model)
             return ids[0]
         return model
+
+    def _load_adapter(self, folder: Path, digest: str) -> str:
+        """Load the LoRA adapter in ``folder`` into the server; the name it is served under."""
+        import httpx
+
+        name = f"teachlab-{digest[:16]}"
+        try:
+            response = httpx.post(
+                f"{self.base_url.rstrip('/')}/load_lora_adapter",
+                json={"lora_name": name, "lora_path": str(folder.resolve())},
+                headers={"Authorization": f"Bearer {self.api_key}"},
+                timeout=PROBE_TIMEOUT_S * 6,
+            )
+        except httpx.HTTPError as exc:
+            raise ModelError(
+                f"The server at {self.base_url} did not answer the request to load adapter "
+                f"{folder} ({type(exc).__name__}); check that it is up, then resume the stage."
+            ) from exc
+        already = response.status_code == 400 and "already" in response.text.lower()
+        if response.status_code in (404, 405):
+            raise ModelError(
+                f"The server at {self.base_url} cannot load LoRA adapters at run time (it has no "
+                "/v1/load_lora_adapter; llama.cpp's servers have none), so it cannot run the "
+                f"aligned teacher in {folder}. Serve it with vLLM (`VLLM_ALLOW_RUNTIME_LORA_"
+                "UPDATING=True vllm serve BASE --enable-lora`), serve the merged model, or use "
+                "the transformers or vllm backend."
+            )
+        if response.status_code >= 400 and not already:
+            raise ModelError(
+                f"The server at {self.base_url} refused to load adapter {folder} "
+                f"({response.status_code}: {response.text[:300]}); the server must see that "
+                "folder at the same path (shared storage) and allow its rank (--max-lora-rank)."
+            )
+        log.info("adapter %s loaded into %s as %r", folder, self.base_url, name)
+        return name
 
     def _complete(self, request: GenRequest) -> str:
         import openai

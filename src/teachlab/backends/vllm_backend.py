@@ -37,13 +37,16 @@ class VLLMBackend:
             from vllm.lora.request import LoRARequest
         except ImportError as exc:
             raise ModelError(VLLM_MISSING) from exc
-        from teachlab.models import fetch, hash_folder
+        from teachlab.models import fetch, trained_hash, trained_kind
 
         folder = fetch(model_ref)
+        # A fully fine-tuned teacher is served whole; a LoRA adapter goes on each request.
+        kind = trained_kind(adapter) if adapter is not None else None
         self.llm = LLM(
-            model=str(folder),
+            model=str(adapter if kind == "model" else folder),
+            tokenizer=str(folder),
             enable_prefix_caching=True,
-            enable_lora=adapter is not None,
+            enable_lora=kind == "adapter",
             max_lora_rank=max_lora_rank,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
@@ -57,8 +60,9 @@ class VLLMBackend:
         self.lora = None
         self.adapter_hash: str | None = None
         if adapter is not None:
+            self.adapter_hash = trained_hash(adapter)
+        if kind == "adapter":
             self.lora = LoRARequest("teacher", 1, str(adapter))
-            self.adapter_hash = hash_folder(Path(adapter), "adapter_model.safetensors")
         self.name = f"vllm:{model_ref}"
 
     def generate(self, requests: Sequence[GenRequest]) -> Iterator[tuple[GenRequest, str]]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from teachlab.errors import ConfigError, DataError, ModelError
+from teachlab.errors import ConfigError, DataError
 
 INSTALL_HINT = "pip install -e '.[eval]' (or pip install 'teachlab[eval]')"
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -95,11 +95,7 @@ def run_lm_eval(
     version = _require_lm_eval()
     settings = get_settings()
     folder = models.fetch(model_ref, settings)
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise ModelError(
-            f"Adapter folder {adapter} has no adapter_config.json; it was not saved completely. "
-            "Re-run the align or distil stage."
-        )
+    kind = models.trained_kind(adapter) if adapter is not None else None  # names a bad folder
     import logging
 
     import torch
@@ -110,10 +106,13 @@ def run_lm_eval(
         torch.set_num_threads(settings.threads)
     cuda = torch.cuda.is_available()
     model_args: dict[str, Any] = {
-        "pretrained": str(folder),
+        # A fully fine-tuned model is evaluated in place of the base; an adapter goes on top.
+        "pretrained": str(adapter if kind == "model" else folder),
         "dtype": "auto" if cuda else "float32",
     }
-    if adapter is not None:
+    if kind == "model":
+        model_args["tokenizer"] = str(folder)
+    if kind == "adapter":
         model_args["peft"] = str(adapter)
     with _hub_offline(settings.offline):
         manager, name = _task_manager(task)

@@ -23,6 +23,9 @@ def trained(ctx: RunContext, result: TrainResult, rows: int, what: str) -> dict[
     return {
         "adapter": str(result.output_dir),
         "adapter_sha256": result.adapter_sha256,
+        # Full fine-tuning saves the whole model in the "adapter" folder; later stages load it
+        # in place of the base (teachlab.models.trained_kind).
+        "full_model": result.full_model,
         what: rows,
         "steps": result.global_step,
         "resumed_from": result.resumed_from,

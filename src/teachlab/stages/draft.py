@@ -12,7 +12,6 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -83,9 +82,9 @@ def _adapter_hash(backend: GenerationBackend, rnd: Round) -> str | None:
     own = getattr(backend, "adapter_hash", None)
     if own or not rnd.teacher_adapter:
         return own
-    from teachlab.models import hash_folder
+    from teachlab.models import trained_hash
 
-    return hash_folder(Path(rnd.teacher_adapter), "adapter_model.safetensors")
+    return trained_hash(rnd.teacher_adapter)
 
 
 def _store(ctx: StageContext, rows: list[Draft]) -> bool:

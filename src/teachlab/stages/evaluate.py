@@ -108,7 +108,6 @@ def _run_lm_eval_steps(
     start: int,
 ) -> dict[str, Any]:
     """Each lm-eval task on each student variant, one Evaluation row each (skipping stored)."""
-    from pathlib import Path
 
     from teachlab import models
     from teachlab.score.lmeval import run_lm_eval
@@ -129,9 +128,7 @@ def _run_lm_eval_steps(
             bootstrap_iters=cfg.bootstrap,
         )
         low, high = result.interval()
-        adapter_hash = (
-            models.hash_folder(Path(adapter), "adapter_model.safetensors") if adapter else None
-        )
+        adapter_hash = models.trained_hash(adapter) if adapter else None
         with ctx.write() as session:
             session.add(
                 Evaluation(

@@ -260,11 +260,9 @@ def remove_incomplete_checkpoints(folder: Path) -> list[Path]:
 
 def training_plan(kind: str, base_ref: str, adapter_in: str | None, **settings: Any) -> dict:
     """What a run is, for its fingerprint: model, incoming adapter (by hash) and settings."""
-    from teachlab.models import hash_folder
+    from teachlab.models import trained_hash
 
-    adapter_hash = (
-        hash_folder(Path(adapter_in), "adapter_model.safetensors") if adapter_in else None
-    )
+    adapter_hash = trained_hash(adapter_in) if adapter_in else None
     return {"kind": kind, "base": base_ref, "adapter_in": adapter_hash, **settings}
 
 
@@ -361,12 +359,18 @@ def training_arguments(
     schedule: Schedule,
     save_steps: int,
     ordered: bool = False,
+    checkpointing: bool = False,
     **extra: Any,
 ) -> Any:
-    """A trl config (DPOConfig/SFTConfig) with TeachLab's reproducible, resumable defaults."""
+    """A trl config (DPOConfig/SFTConfig) with TeachLab's reproducible, resumable defaults.
+
+    Precision follows the device: bf16 on a GPU that has it, fp16 mixed precision on one that
+    has not, fp32 on CPU. ``checkpointing`` recomputes activations (less memory, slower steps).
+    """
     import torch
 
     cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
     per_device, accumulation = micro_batch(schedule.batch)
     return config_cls(
         output_dir=str(run_dir / CHECKPOINTS),
@@ -390,10 +394,10 @@ def training_arguments(
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        fp16=False,
+        bf16=bf16,
+        fp16=cuda and not bf16,
         train_sampling_strategy="sequential" if ordered else "random",
-        **{_checkpointing_field(config_cls): False},  # tiny models: memory is not the limit
+        **{_checkpointing_field(config_cls): checkpointing},
         **extra,
     )
 
@@ -406,6 +410,11 @@ def _checkpointing_field(config_cls: type) -> str:
         if "activation_checkpointing" in names
         else "gradient_checkpointing"
     )
+
+
+def merged(model: Any) -> Any:
+    """``model`` with its LoRA adapter folded into the weights (as it is, when it has none)."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 def lora_config(rank: int) -> Any:

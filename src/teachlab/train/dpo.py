@@ -24,6 +24,7 @@ from teachlab.train.common import (
     TrainResult,
     completion_ids,
     encode_prompt,
+    merged,
     require_fields,
 )
 from teachlab.train.routine import Method, build_trainer, train
@@ -72,8 +73,9 @@ def _with_reference(
     ref_model: Any = None  # LoRA: trl disables the adapter, or uses its frozen "ref" copy
     if not lora:
         ref_model = load(base_ref, adapter_in).model
-        if adapter_in:  # full fine-tuning continues from the merged weights
-            model, ref_model = model.merge_and_unload(), ref_model.merge_and_unload()
+        # Full fine-tuning continues from the starting weights: a LoRA adapter is merged in
+        # (a fully fine-tuned model was loaded whole).
+        model, ref_model = merged(model), merged(ref_model)
     return model, {"ref_model": ref_model}
 
 

@@ -96,12 +96,14 @@ def build_trainer(
     from datasets import Dataset
     from transformers import set_seed
 
-    from teachlab.models import load
+    from teachlab.models import load, trained_kind
 
     # Seed before the model is built: LoRA's A matrices are initialised randomly.
     set_seed(ctx.seed)
-    loaded = load(base_ref, adapter_in, trainable=True)
-    peft_config = lora_config(config.lora_r) if config.lora and not adapter_in else None
+    loaded = load(base_ref, adapter_in, trainable=True, quantize_4bit=config.load_in_4bit)
+    # A new adapter unless training continues one (a fully fine-tuned start gets its own).
+    continues = adapter_in is not None and trained_kind(adapter_in) == "adapter"
+    peft_config = lora_config(config.lora_r) if config.lora and not continues else None
     model, extra = method.models(loaded.model, base_ref, adapter_in)
     config_cls, trainer_cls = method.classes()
     args = training_arguments(
@@ -110,6 +112,7 @@ def build_trainer(
         seed=ctx.seed,
         schedule=method.schedule,
         save_steps=config.save_steps,
+        checkpointing=config.gradient_checkpointing,
         max_length=max_length,  # every row was checked to fit: nothing is truncated
         **method.arguments,
     )
@@ -145,8 +148,9 @@ def train(
     """
     from transformers import AutoTokenizer
 
-    from teachlab.models import fetch
+    from teachlab.models import fetch, require_device
 
+    require_device(load_in_4bit=config.load_in_4bit)
     run_dir = Path(run_dir)
     folder = fetch(base_ref)
     rows = method.tokenize(AutoTokenizer.from_pretrained(folder), data)
@@ -167,6 +171,8 @@ def train(
         lora_r=config.lora_r,
         max_length=limit,
         **method.settings,
+        # Only when on, so the plans (and checkpoints) of every earlier run still match.
+        **({"load_in_4bit": True} if config.load_in_4bit else {}),
     )
     plan_hash = fingerprint(plan, map(method.hashed, rows))
     # DPO runs the prompt with each of its two completions: two sequences a row.

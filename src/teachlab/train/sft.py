@@ -19,6 +19,7 @@ from teachlab.train.common import (
     TrainResult,
     completion_ids,
     encode_prompt,
+    merged,
     require_fields,
 )
 from teachlab.train.routine import Method, train
@@ -51,9 +52,7 @@ def _merged(
     model: Any, base_ref: str, adapter_in: str | None, *, lora: bool
 ) -> tuple[Any, dict[str, Any]]:
     """The student to train: full fine-tuning continues from ``adapter_in`` merged in."""
-    if adapter_in and not lora:
-        model = model.merge_and_unload()
-    return model, {}
+    return (model if lora else merged(model)), {}
 
 
 def sft_method(config: StudyConfig) -> Method:
