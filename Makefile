@@ -6,12 +6,12 @@ STAMP  := .make
 LINT   := src pages tests app.py $(wildcard benchmarks experiments)
 export TEACHLAB_STORAGE ?= $(CURDIR)/storage
 
-.PHONY: run test test-fast install server data models browser lint format bench demo clean
+.PHONY: run test test-fast install server data models browser postgres lint format bench demo clean
 
 run: install data models
 	$(BIN)/python app.py
 
-test: install server data models browser
+test: install server data models browser postgres
 	$(BIN)/python -m pytest -q
 
 test-fast: install
@@ -72,6 +72,13 @@ browser:
 	  echo "Installing Debian's chromium for the browser tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# Debian's PostgreSQL server for the tests marked postgres (they start their own cluster).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "Installing Debian's postgresql for the PostgreSQL tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check $(LINT)

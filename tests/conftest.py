@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-# The browser tests' fixtures (Chromium, a tab, the served app), shared by their modules.
-pytest_plugins = ("browsing",)
+# The browser tests' fixtures (Chromium, a tab, the served app) and the PostgreSQL server's,
+# shared by their modules.
+pytest_plugins = ("browsing", "postgres")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MODELS = Path(os.environ.get("TEACHLAB_TEST_MODEL_CACHE", ROOT / "storage" / "models"))

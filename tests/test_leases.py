@@ -23,8 +23,10 @@ from teachlab.jobs.executor import execute
 from teachlab.jobs.runs import Lease, LeaseLost
 
 
-@pytest.fixture
-def study_round(db_path: Path) -> tuple[int, int]:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def study_round(request: pytest.FixtureRequest, storage: Path) -> tuple[int, int]:
+    """A study and its round, on SQLite and on PostgreSQL (each lease test runs on both)."""
+    request.getfixturevalue("pg_url" if request.param == "postgres" else "db_path")
     with write_session() as s:
         study = Study(name="leases", task_ref="bigbench:x", teacher="t", student="s")
         s.add(study)

@@ -111,6 +111,19 @@ def explain(exc: BaseException) -> TeachlabError | None:
                 "move it aside to start an empty one."
             )
         return None
+    if type(inner).__module__.startswith("psycopg"):  # PostgreSQL (TEACHLAB_DATABASE_URL)
+        if "lock timeout" in text or "canceling statement due to lock" in text:
+            return StorageError(
+                "The study database stayed locked by another process past the 15 s wait; try "
+                "again in a moment, or stop the process that holds it."
+            )
+        kinds = {base.__name__ for base in type(inner).__mro__}  # AdminShutdown, …
+        if kinds & {"OperationalError", "InterfaceError"}:
+            return StorageError(
+                f"The study database server did not answer ({str(inner).strip()[:200]}); check "
+                "that it is up and reachable (TEACHLAB_DATABASE_URL), then try again."
+            )
+        return None
     if isinstance(exc, OSError):
         named = getattr(exc, "filename", None)
         name = named or where

@@ -39,6 +39,24 @@ def _default_storage() -> Path:
     return Path("storage")
 
 
+def normalise_database_url(url: str) -> str:
+    """A database URL as SQLAlchemy takes it (PostgreSQL through psycopg 3), or ConfigError."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not rest:
+        raise ConfigError(
+            f"TEACHLAB_DATABASE_URL {url!r} is not a URL; give postgresql://USER:PASSWORD@HOST:"
+            "PORT/DB, or leave it unset for SQLite in the storage folder."
+        )
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        return f"postgresql+psycopg://{rest}"
+    if scheme == "sqlite" and rest.startswith("/"):
+        return url
+    raise ConfigError(
+        f"TEACHLAB_DATABASE_URL names a {scheme!r} database; TeachLab runs on PostgreSQL "
+        "(postgresql://USER:PASSWORD@HOST:PORT/DB) or SQLite (sqlite:////ABSOLUTE/PATH.db)."
+    )
+
+
 class Settings(BaseSettings):
     """All of TeachLab's configuration. Set with environment variables ``TEACHLAB_<FIELD>``."""
 
@@ -103,6 +121,20 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(
         default=20, ge=1, description="Largest task file accepted for upload, in megabytes."
     )
+    database_url: str | None = Field(
+        default=None,
+        description="A shared database instead of SQLite in the storage folder: "
+        "postgresql://USER:PASSWORD@HOST:PORT/DB (several workers and machines on one study).",
+    )
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip() == "":
+            return None
+        if isinstance(value, str):
+            return normalise_database_url(value.strip())
+        return value
 
     @field_validator("storage", "model_cache", "data_cache", "users_file", mode="before")
     @classmethod
@@ -124,6 +156,11 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.storage / "teachlab.db"
+
+    @property
+    def db_url(self) -> str:
+        """Where the study database is: ``database_url`` when set, else SQLite in storage."""
+        return self.database_url or f"sqlite:///{self.db_path}"
 
     @property
     def runs_dir(self) -> Path:

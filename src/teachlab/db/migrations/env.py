@@ -1,4 +1,5 @@
-"""Alembic environment: TeachLab's SQLModel metadata is the target; SQLite batch mode."""
+"""Alembic environment: TeachLab's SQLModel metadata is the target; batch mode (SQLite needs
+it to alter tables; PostgreSQL alters them in place)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,8 @@ target_metadata = SQLModel.metadata
 def run_migrations() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
-        from pathlib import Path
-
         url = config.get_main_option("sqlalchemy.url") or ""
-        engine = Store(Path(url.removeprefix("sqlite:///"))).engine()
+        engine = Store.at(url).engine()
         with engine.begin() as connection:
             _run(connection)
     else:
