@@ -22,6 +22,7 @@ from teachlab.db.store import head_revision
 from teachlab.errors import ConfigError, StorageError
 from teachlab.jobs import runs
 from teachlab.settings import Settings
+from tests.conftest import bigbench_available, fault_report
 
 pytestmark = pytest.mark.postgres
 HERE = Path(__file__).resolve().parent
@@ -169,3 +170,101 @@ def test_a_server_that_goes_away_reads_as_a_storage_error_not_a_bug(pg_url: str)
     assert "did not answer" in str(explained) and "TEACHLAB_DATABASE_URL" in str(explained)
     with read_session() as s:  # the pool checks connections: the next session just works
         assert s.exec(select(Study)).all() == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not bigbench_available("sports_understanding"), reason="run `teachlab data fetch` first"
+)
+def test_two_workers_share_the_database_and_one_finishes_what_a_killed_one_began(
+    pg_url: str, storage: Path
+) -> None:
+    """Two `teachlab worker` processes on one PostgreSQL database and one shared storage
+    folder: the one drafting is SIGKILLed (with its run's process) mid-stage; the other takes
+    the run over once its lease is stale and finishes it, redoing no teacher call that was
+    stored and changing none of what the first one wrote."""
+    import time
+
+    from teachlab.db import Draft
+    from teachlab.jobs.queue import queue_path
+    from teachlab.stages.launch import submit
+    from teachlab.studies import create_study
+
+    config = {
+        "n_questions": 6,
+        "questions_per_call": 1,
+        "n_rationales": 1,
+        "n_probe": 8,
+        "n_test": 12,
+        "scaffold": True,
+    }
+    study = create_study("shared", "bigbench:sports_understanding", config=config)
+    assert queue_path().parent.name == "queues"  # this machine's own queue file
+    workers = [worker() for _ in range(2)]
+    try:
+        run = submit(study.id, "draft", requested_by="test").run  # type: ignore[arg-type]
+
+        def stored() -> list[Draft]:
+            with read_session() as s:
+                return list(s.exec(select(Draft).where(Draft.round_id == run.round_id)).all())
+
+        deadline = time.monotonic() + 300
+        while len({d.idem_key for d in stored()}) < 2:
+            assert time.monotonic() < deadline, "no teacher call stored in 5 minutes"
+            time.sleep(0.2)
+        holder = runs.get_run(run.id).worker  # type: ignore[arg-type]
+        assert holder is not None
+        victim = next(w for w in workers if w.pid == holder_worker(holder, workers))
+        os.killpg(victim.pid, signal.SIGKILL)  # the worker and the run's process with it
+        victim.wait()
+        killed = time.monotonic()
+        before = {d.id: d.raw_output for d in stored()}
+        calls_before = {d.idem_key for d in stored() if d.kind == "question"}
+        while runs.get_run(run.id).status != "succeeded":  # type: ignore[arg-type]
+            assert time.monotonic() < deadline + 300, runs.get_run(run.id)  # type: ignore[arg-type]
+            time.sleep(0.5)
+        finished_s = time.monotonic() - killed
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGTERM)
+                w.wait(timeout=30)
+    final = runs.get_run(run.id)  # type: ignore[arg-type]
+    after = stored()
+    assert final.attempts == 2 and final.worker != holder
+    assert {d.id: d.raw_output for d in after if d.id in before} == before  # nothing rewritten
+    calls_after = {d.idem_key for d in after if d.kind == "question"}
+    # The second attempt made exactly the calls that were not stored yet: none twice.
+    assert final.result["questions"]["calls"] == len(calls_after - calls_before)
+    ok = [d for d in after if d.kind == "question" and d.status == "ok"]
+    assert final.result["questions"]["total_ok"] == len(ok)
+    fault_report(
+        "two_workers_postgres",
+        {
+            "calls_stored_before_kill": len(calls_before),
+            "calls_made_after_takeover": final.result["questions"]["calls"],
+            "drafts_rewritten": 0,
+            "attempts": final.attempts,
+            "kill_to_finished_s": round(finished_s, 1),
+        },
+    )
+
+
+def worker() -> subprocess.Popen[bytes]:
+    """`teachlab worker` with this test's database and storage, in its own process group."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "teachlab", "worker"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def holder_worker(holder: str, workers: list[subprocess.Popen[bytes]]) -> int:
+    """The pid of the worker whose child holds a run (``host:pid`` of the child)."""
+    child = int(holder.rsplit(":", 1)[1])
+    for w in workers:
+        group = os.getpgid(child) if os.path.exists(f"/proc/{child}") else None
+        if group == w.pid:
+            return w.pid
+    raise AssertionError(f"no worker owns the run's process {holder}")

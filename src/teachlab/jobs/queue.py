@@ -1,4 +1,5 @@
-"""The work queue: huey on its own SQLite file carries run ids to the worker.
+"""The work queue: huey on its own SQLite file carries run ids to the worker (one file per
+machine when the database is shared: ``queue_path``).
 
 The queue is only a carrier. huey's SQLite storage is at-most-once (a task is removed before
 it runs), so the worker re-enqueues what the database says is unfinished at start-up and
@@ -42,10 +43,22 @@ def _huey_for(path: str) -> tuple[SqliteHuey, Any]:
     return huey, run_task
 
 
-def _queue() -> tuple[SqliteHuey, Any]:
+def queue_path() -> Path:
+    """This machine's queue file. With SQLite one machine does all the work: ``queue.db`` in
+    storage. With a shared database (PostgreSQL) the storage folder is shared by every
+    machine's workers, and SQLite must not be shared over a network file system: each machine
+    gets its own file, and each worker fills it from the database (``recover``), which stays
+    the one record of what is to run (a run two machines both queue is claimed by one)."""
     settings = get_settings()
-    settings.storage.mkdir(parents=True, exist_ok=True)
-    return _huey_for(str((settings.storage / "queue.db").resolve()))
+    if settings.database_url is None:
+        return settings.storage / "queue.db"
+    return settings.storage / "queues" / f"{socket.gethostname()}.db"
+
+
+def _queue() -> tuple[SqliteHuey, Any]:
+    path = queue_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _huey_for(str(path.resolve()))
 
 
 def get_huey() -> SqliteHuey:
