@@ -128,6 +128,18 @@ class StudyConfig:
     lora: bool = _f(True, "Train a LoRA adapter (peft); off = full fine-tuning.")
     lora_r: int = _f(8, "LoRA rank.", min=1, max=256)
     save_steps: int = _f(2, "Checkpoint every this many training steps.", min=1, max=100000)
+    num_processes: int = _f(
+        1,
+        "Train (align, distil) in this many processes through accelerate launch (DDP; one per "
+        "GPU, or gloo on CPU); the batch sizes must be multiples of it.",
+        min=1,
+        max=64,
+    )
+    accelerate_config: str = _f(
+        "",
+        "An accelerate config file (FSDP, DeepSpeed ZeRO, several GPUs) for align and distil; "
+        "its num_processes wins over the setting. Empty: none.",
+    )
     gradient_checkpointing: bool = _f(
         False, "Recompute activations in the backward pass: less GPU memory, slower steps."
     )
@@ -172,6 +184,12 @@ class StudyConfig:
             )
         if len(set(self.strategies)) < len(self.strategies):
             raise ConfigError("strategies names a strategy twice; name each one once.")
+        for name in ("dpo_batch_size", "sft_batch_size"):
+            if getattr(self, name) % self.num_processes:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)} does not split over num_processes="
+                    f"{self.num_processes}; use a multiple of {self.num_processes}."
+                )
         if self.load_in_4bit and not self.lora:
             raise ConfigError(
                 "load_in_4bit trains LoRA adapters on a 4-bit base (QLoRA); turn lora on, or "

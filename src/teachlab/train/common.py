@@ -343,12 +343,17 @@ class Schedule:
     scheduler: str  # a transformers scheduler name: "cosine", "linear"
 
 
-def micro_batch(batch_size: int) -> tuple[int, int]:
-    """(per-device batch, accumulation steps) whose product is exactly ``batch_size``."""
-    per_device = max(
-        d for d in range(1, min(batch_size, MAX_MICRO_BATCH) + 1) if batch_size % d == 0
-    )
-    return per_device, batch_size // per_device
+def micro_batch(batch_size: int, processes: int = 1) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) whose product, times ``processes``, is exactly
+    ``batch_size``: the global batch is the same however many processes train."""
+    if batch_size % processes:
+        raise ConfigError(
+            f"A batch of {batch_size} does not split over {processes} processes; use a batch "
+            f"size that is a multiple of {processes}, or another num_processes."
+        )
+    share = batch_size // processes
+    per_device = max(d for d in range(1, min(share, MAX_MICRO_BATCH) + 1) if share % d == 0)
+    return per_device, share // per_device
 
 
 def training_arguments(
@@ -360,6 +365,7 @@ def training_arguments(
     save_steps: int,
     ordered: bool = False,
     checkpointing: bool = False,
+    processes: int = 1,
     **extra: Any,
 ) -> Any:
     """A trl config (DPOConfig/SFTConfig) with TeachLab's reproducible, resumable defaults.
@@ -371,7 +377,7 @@ def training_arguments(
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    per_device, accumulation = micro_batch(schedule.batch)
+    per_device, accumulation = micro_batch(schedule.batch, processes)
     return config_cls(
         output_dir=str(run_dir / CHECKPOINTS),
         seed=seed,

@@ -86,8 +86,10 @@ def build_trainer(
     run_dir: Path,
     max_length: int,
     callbacks: list[Any] | None = None,
+    processes: int = 1,
 ) -> Any:
-    """A trainer of ``method`` over pre-tokenised rows; nothing trained yet.
+    """A trainer of ``method`` over pre-tokenised rows; nothing trained yet (``processes``: how
+    many train together, for the per-device batch that keeps the global one).
 
     LoRA on the base gets a new adapter of rank ``lora_r``; with ``adapter_in`` LoRA training
     continues that adapter. Full fine-tuning (``lora`` off) trains every weight of the model
@@ -113,6 +115,7 @@ def build_trainer(
         schedule=method.schedule,
         save_steps=config.save_steps,
         checkpointing=config.gradient_checkpointing,
+        processes=processes,
         max_length=max_length,  # every row was checked to fit: nothing is truncated
         **method.arguments,
     )
@@ -151,6 +154,11 @@ def train(
     from teachlab.models import fetch, require_device
 
     require_device(load_in_4bit=config.load_in_4bit)
+    grouped = config.num_processes > 1 or bool(config.accelerate_config)
+    if grouped:
+        from teachlab.train.group import check_group
+
+        check_group(config)
     run_dir = Path(run_dir)
     folder = fetch(base_ref)
     rows = method.tokenize(AutoTokenizer.from_pretrained(folder), data)
@@ -188,6 +196,25 @@ def train(
     resume = prepare_checkpoints(run_dir, plan_hash)
     ctx.log(method.started.format(rows=len(rows), longest=max(lengths), limit=limit))
     metrics = DbMetricsCallback(ctx, run_id)
+    if grouped:
+        from teachlab.train.group import train_in_group
+
+        return counted(
+            train_in_group(
+                method,
+                ctx,
+                base_ref=base_ref,
+                adapter_in=adapter_in,
+                rows=rows,
+                config=config,
+                run_dir=run_dir,
+                max_length=limit,
+                plan_hash=plan_hash,
+                resume=resume,
+                metrics=metrics,
+                run_id=run_id,
+            )
+        )
     trainer = build_trainer(
         method,
         ctx,
@@ -241,6 +268,10 @@ def run_training(
         )
 
     out = run_dir / OUTPUT
+    accelerator = trainer.accelerator
+    if not accelerator.is_main_process:  # one process of a group saves; the others wait
+        accelerator.wait_for_everyone()
+        return TrainResult(out, "", int(trainer.state.global_step), {}, resumed_from, full_model)
     tmp = Path(tempfile.mkdtemp(prefix=f".{OUTPUT}.", dir=run_dir))
     try:
         model: Any = trainer.accelerator.unwrap_model(trainer.model)
@@ -269,6 +300,7 @@ def run_training(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)  # the result supersedes them
+    accelerator.wait_for_everyone()
     ctx.log(f"Saved {'model' if full_model else 'adapter'} {digest[:12]} to {out}.")
     return TrainResult(
         out, digest, int(trainer.state.global_step), dict(metrics.last), resumed_from, full_model
